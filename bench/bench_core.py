@@ -1,0 +1,148 @@
+"""Benchmark the core on the same documents in one run: chunker and executor throughput.
+
+Chunker, against (a) the reference's way (the transformers tokenizer called once per line) and
+(b) the raw speed of the Rust tokenizer's batch encode over the same numbered lines (the
+limit). Executor, strict and reference modes, on one core.
+
+    python bench/bench_core.py [--copies 4] [--tokenizer ../shared/tokenizers/llama2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def best_of(repeats: int, function: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def load_texts(path: Path, copies: int) -> list[str]:
+    """The corpus `copies` times; every non-empty line of copy k > 0 gets a marker word, so
+    copies are distinct documents (no line repeats across copies that did not repeat before)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    out = list(texts)
+    for k in range(1, copies):
+        out += [
+            "\n".join(f"{line} copy{k}" if line else line for line in t.split("\n")) for t in texts
+        ]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--input", type=Path, default=REPO / "examples" / "web_docs.jsonl.gz")
+    parser.add_argument("--copies", type=int, default=4, help="repeat the corpus this many times")
+    parser.add_argument(
+        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=256, help="documents per chunker call")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from proxkit.chunking import Chunker, number_lines
+    from proxkit.program import execute_chunk
+    from proxkit.tokenizer import load_tokenizer
+
+    texts = load_texts(args.input, args.copies)
+    megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+    tokenizer = load_tokenizer(args.tokenizer).backend
+    reference_tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    numbered = [line for text in texts for line in number_lines(text)]
+
+    def proxkit_chunker() -> None:
+        chunker = Chunker(tokenizer)  # fresh per repeat: its line cache starts empty
+        for start in range(0, len(texts), args.batch):
+            chunker(texts[start : start + args.batch])
+
+    def naive_chunker() -> None:  # the reference: one tokenizer.encode per numbered line
+        for text in texts:
+            total = 0
+            for line in number_lines(text):
+                count = len(reference_tokenizer.encode(line))
+                total = count if total + count > 1500 else total + count
+
+    def raw_batch_encode() -> None:
+        tokenizer.encode_batch_fast(numbered, add_special_tokens=True)
+
+    programs = [
+        "remove_lines(line_start=0, line_end=24)\n"
+        'normalize(source_str="¶", target_str="")\n'
+        f"remove_lines(line_start={max(0, len(t.split(chr(10))) - 20)}, line_end={len(t.split(chr(10))) - 1})"
+        for t in texts
+    ]
+
+    def executor(mode: str) -> Callable[[], None]:
+        def run() -> None:
+            for text, program in zip(texts, programs):
+                execute_chunk(text, program, mode=mode)  # type: ignore[arg-type]
+
+        return run
+
+    timings = {
+        "chunker (proxkit, batched)": best_of(args.repeats, proxkit_chunker),
+        "chunker (a: reference, 1 call per line)": best_of(1, naive_chunker),
+        "tokenizer batch encode (b: the limit)": best_of(args.repeats, raw_batch_encode),
+        "executor strict (1 core)": best_of(args.repeats, executor("strict")),
+        "executor reference (1 core)": best_of(args.repeats, executor("reference")),
+    }
+    rows = {
+        name: {
+            "seconds": round(s, 4),
+            "MB/s": round(megabytes / s, 2),
+            "docs/s": round(len(texts) / s, 1),
+        }
+        for name, s in timings.items()
+    }
+    ours = timings["chunker (proxkit, batched)"]
+    ratios = {
+        "chunker speedup vs (a) reference": round(
+            timings["chunker (a: reference, 1 call per line)"] / ours, 2
+        ),
+        "chunker fraction of (b) raw encode": round(
+            timings["tokenizer batch encode (b: the limit)"] / ours, 3
+        ),
+    }
+    width = max(map(len, rows))
+    distinct = len({line for text in texts for line in text.split("\n")})
+    print(
+        f"{len(texts)} documents, {megabytes:.2f} MB, {len(numbered):,} lines "
+        f"({distinct / len(numbered):.0%} distinct contents), {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(f"{'':{width}}  {'seconds':>9}  {'MB/s':>9}  {'docs/s':>10}")
+    for name, row in rows.items():
+        print(f"{name:{width}}  {row['seconds']:9.3f}  {row['MB/s']:9.2f}  {row['docs/s']:10.1f}")
+    for name, value in ratios.items():
+        print(f"{name}: {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {"documents": len(texts), "megabytes": megabytes, "rows": rows, "ratios": ratios},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

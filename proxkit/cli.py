@@ -1,0 +1,353 @@
+"""The `prox` command line: refine a corpus, re-execute stored programs, show model prompts."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from proxkit.config import ConfigError, RefineConfig
+from proxkit.io.readers import Fields, list_files
+from proxkit.pipeline.local import OutputExists, RejectLog, RunPaths, run_local
+from proxkit.pipeline.stats import RunStats
+from proxkit.programmers import UnknownProgrammer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ProX corpus refining: a small program for every document, executed.",
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(help="Input files, folders, globs or fsspec URLs (.jsonl[.gz|.zst], .parquet)."),
+]
+Output = Annotated[
+    str,
+    typer.Option(
+        "--output", "-o", help="Output folder (sharded) or file name (out.jsonl.gz, out.parquet)."
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="YAML file with any of these options; flags given here override it."
+    ),
+]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="Program parsing: 'strict' (Python ast) or 'reference' (the ProX reference parser, byte for byte). [default: strict]",
+    ),
+]
+MinKept = Annotated[
+    float | None,
+    typer.Option(
+        "--min-kept-ratio",
+        help="Use the refined text only if words(refined)/words(original) >= this (reference threshold_1). [default: 0.0]",
+    ),
+]
+MaxRemoved = Annotated[
+    float | None,
+    typer.Option(
+        "--max-removed-ratio",
+        help="Drop the document if words(refined)/words(original) <= 1 - this (reference threshold_2). [default: 0.95]",
+    ),
+]
+ErrorLimit = Annotated[
+    int | None,
+    typer.Option(
+        "--error-limit",
+        help="Ignore a chunk program with this many errors or more (reference error_op). [default: 2]",
+    ),
+]
+ShortWords = Annotated[
+    int | None,
+    typer.Option(
+        "--short-doc-words", help="Drop a refined text of at most this many words. [default: 10]"
+    ),
+]
+TextField = Annotated[
+    str | None,
+    typer.Option("--text-field", help="Record field holding the document text. [default: text]"),
+]
+IdField = Annotated[
+    str | None,
+    typer.Option(
+        "--id-field",
+        help="Record field holding the id; a content hash is used where absent. [default: id]",
+    ),
+]
+Overwrite = Annotated[
+    bool | None, typer.Option("--overwrite", help="Replace results already in the output.")
+]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", help="Worker processes for CPU work (0: one per core). [default: 0]"),
+]
+Limit = Annotated[int | None, typer.Option("--limit", help="Stop after this many documents.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _size(value: str | None) -> int | None:
+    """'512MB', '1GiB', '100000' -> bytes."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\s*", value)
+    if not match:
+        raise typer.BadParameter(f"not a size: {value!r} (e.g. 512MB, 2GiB, 0 for no limit)")
+    number, unit = float(match.group(1)), (match.group(2) or "b").lower().rstrip("b")
+    base = 1024 if unit.endswith("i") else 1000
+    return int(number * base ** " kmgt".index(unit[:1] or " "))
+
+
+def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in stats.summary_lines():
+        table.add_row(name, value)
+    stdout.print(table)
+    stdout.print(f"output: {paths.output}   stats: {paths.stats}", highlight=False)
+    if stats.rejected:
+        stdout.print(f"rejects: {paths.rejects}", highlight=False)
+
+
+def _run(config: RefineConfig, quiet: bool, title: str) -> None:
+    try:
+        stats = run_local(config, progress=not quiet)
+    except (OutputExists, FileNotFoundError, UnknownProgrammer, ConfigError) as exc:
+        _fail(str(exc))
+    _print_summary(stats, RunPaths.for_output(config.output), title)
+    if stats.documents == 0 and stats.rejected:
+        _fail("no document could be read; see the rejects above", code=1)
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> RefineConfig:
+    try:
+        return RefineConfig.load(config_file, overrides)
+    except (ConfigError, TypeError, OSError) as exc:
+        _fail(f"configuration: {exc}")
+        raise  # unreachable; keeps type checkers content
+
+
+@app.command()
+def refine(
+    inputs: Inputs,
+    output: Output,
+    config_file: ConfigFile = None,
+    doc_programmer: Annotated[
+        str | None,
+        typer.Option(
+            "--doc-programmer",
+            help="Who writes doc-level programs: 'rules' or 'stored'. [default: rules]",
+        ),
+    ] = None,
+    chunk_programmer: Annotated[
+        str | None,
+        typer.Option(
+            "--chunk-programmer",
+            help="Who writes chunk-level programs: 'rules' or 'stored'. [default: rules]",
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            "--stages", help="Comma-separated stages to run: doc,chunk. [default: doc,chunk]"
+        ),
+    ] = None,
+    mode: ModeOpt = None,
+    min_kept_ratio: MinKept = None,
+    max_removed_ratio: MaxRemoved = None,
+    error_limit: ErrorLimit = None,
+    short_doc_words: ShortWords = None,
+    text_field: TextField = None,
+    id_field: IdField = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--output-format",
+            help="Shard format in an output folder: jsonl, jsonl.gz, jsonl.zst, parquet. [default: jsonl.gz]",
+        ),
+    ] = None,
+    shard_size: Annotated[
+        str | None,
+        typer.Option(
+            "--shard-size",
+            help="Start a new output shard after this much uncompressed text (e.g. 512MB; 0: one shard). [default: 512MB]",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Documents per batch. [default: 256]")
+    ] = None,
+    workers: Workers = None,
+    limit: Limit = None,
+    overwrite: Overwrite = None,
+    quiet: Quiet = False,
+) -> None:
+    """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization."""
+    overrides = {
+        "inputs": tuple(inputs),
+        "output": output,
+        "doc_programmer": doc_programmer,
+        "chunk_programmer": chunk_programmer,
+        "stages": stages,
+        "mode": mode,
+        "min_kept_ratio": min_kept_ratio,
+        "max_removed_ratio": max_removed_ratio,
+        "error_limit": error_limit,
+        "short_doc_words": short_doc_words,
+        "text_field": text_field,
+        "id_field": id_field,
+        "output_format": output_format,
+        "shard_bytes": _size(shard_size),
+        "batch_size": batch_size,
+        "workers": workers,
+        "limit": limit,
+        "overwrite": overwrite,
+    }
+    config = _load(config_file, overrides)
+    _run(config, quiet, "prox refine")
+    stdout.print(
+        "next: look at the result with `prox report` (coming) or read stats.json", highlight=False
+    )
+
+
+@app.command()
+def execute(
+    inputs: Inputs,
+    output: Output,
+    config_file: ConfigFile = None,
+    stage: Annotated[
+        str,
+        typer.Option(
+            "--stage",
+            help="Which stored programs to run: doc, chunk, or both (whichever each record has).",
+        ),
+    ] = "both",
+    mode: ModeOpt = None,
+    min_kept_ratio: MinKept = None,
+    max_removed_ratio: MaxRemoved = None,
+    error_limit: ErrorLimit = None,
+    short_doc_words: ShortWords = None,
+    text_field: TextField = None,
+    id_field: IdField = None,
+    workers: Workers = None,
+    limit: Limit = None,
+    overwrite: Overwrite = None,
+    quiet: Quiet = False,
+) -> None:
+    """Re-execute the programs stored in records (metadata.doc_program, metadata.chunk_program).
+
+    Programs run on `raw_content` when a record has it (a refined record), else on the text
+    field; the output keeps every record in order, dropped ones with empty text.
+    """
+    if stage not in ("doc", "chunk", "both"):
+        _fail(f"--stage must be doc, chunk or both, got {stage!r}")
+    overrides = {
+        "inputs": tuple(inputs),
+        "output": output,
+        "doc_programmer": "stored",
+        "chunk_programmer": "stored",
+        "stages": "doc,chunk" if stage == "both" else stage,
+        "mode": mode,
+        "min_kept_ratio": min_kept_ratio,
+        "max_removed_ratio": max_removed_ratio,
+        "error_limit": error_limit,
+        "short_doc_words": short_doc_words,
+        "text_field": text_field,
+        "id_field": id_field,
+        "workers": workers,
+        "limit": limit,
+        "overwrite": overwrite,
+    }
+    _run(_load(config_file, overrides), quiet, "prox execute")
+
+
+@app.command()
+def prompts(
+    inputs: Inputs,
+    output: Output,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            "--tokenizer", help="Tokenizer folder or Hugging Face Hub id of the refining model."
+        ),
+    ],
+    stage: Annotated[str, typer.Option("--stage", help="doc or chunk.")] = "chunk",
+    max_chunk_tokens: Annotated[
+        int, typer.Option("--max-chunk-tokens", help="Token budget of a chunk.")
+    ] = 1500,
+    max_doc_tokens: Annotated[
+        int, typer.Option("--max-doc-tokens", help="Token limit of a doc-level prompt.")
+    ] = 2000,
+    doc_truncation: Annotated[
+        str,
+        typer.Option(
+            "--doc-truncation",
+            help="'document' (cut the document, keep the template) or 'reference' (cut the whole prompt, as the reference).",
+        ),
+    ] = "document",
+    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    id_field: Annotated[str, typer.Option("--id-field")] = "id",
+    limit: Limit = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Write one record per model call (id, chunk_index, exact prompt text, token count)."""
+    from proxkit.pipeline.prompt_export import export_prompts
+    from proxkit.tokenizer import TokenizerNotFound, load_tokenizer
+
+    if stage not in ("doc", "chunk"):
+        _fail(f"--stage must be doc or chunk, got {stage!r}")
+    if doc_truncation not in ("document", "reference"):
+        _fail("--doc-truncation must be 'document' or 'reference'")
+    paths = RunPaths.for_output(output)
+    if paths.existing() and not overwrite:
+        _fail(f"{output} already exists; pass --overwrite to replace it")
+    try:
+        files = list_files(inputs)
+        info = load_tokenizer(tokenizer)
+    except (FileNotFoundError, TokenizerNotFound) as exc:
+        _fail(str(exc))
+    rejects = RejectLog(paths.rejects)
+    try:
+        count = export_prompts(
+            files,
+            paths.output,
+            stage,
+            info,
+            Fields(text_field, id_field),
+            max_chunk_tokens,
+            max_doc_tokens,
+            doc_truncation,  # type: ignore[arg-type]
+            limit,
+            rejects.add,
+        )
+    finally:
+        rejects.close()
+    stdout.print(
+        f"{count:,} {stage}-level prompts -> {paths.output}; {rejects.count:,} rejected",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    app(prog_name="prox")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

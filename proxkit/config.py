@@ -1,0 +1,99 @@
+"""The one typed configuration of a run, loadable from YAML and from CLI flags alike.
+
+`RefineConfig.load(yaml_path, overrides)` reads the YAML file (same names as the fields, the
+thresholds flat or under `thresholds:`) and applies the flags that were given on top of it.
+Unknown keys are an error, so a typo in a config file cannot be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxkit.chunking import DEFAULT_CHUNK_TOKENS
+from proxkit.program.executor import MODES, Mode, Thresholds
+from proxkit.programmers.base import STAGES
+from proxkit.prompts import DEFAULT_DOC_TOKENS
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not valid."""
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    doc_programmer: str = "rules"
+    chunk_programmer: str = "rules"
+    stages: tuple[str, ...] = STAGES
+    mode: Mode = "strict"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    text_field: str = "text"
+    id_field: str = "id"
+    output_format: str = "jsonl.gz"
+    shard_bytes: int = 512 * 1024 * 1024
+    batch_size: int = 256
+    workers: int = 0  # 0: one per CPU core
+    limit: int | None = None
+    overwrite: bool = False
+    tokenizer: str | None = None  # defaults to the chunk/doc model's own tokenizer
+    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    max_doc_tokens: int = DEFAULT_DOC_TOKENS
+    doc_truncation: str = "document"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown or not self.stages:
+            raise ConfigError(f"stages must be a non-empty subset of {STAGES}, got {self.stages!r}")
+        if self.doc_truncation not in ("document", "reference"):
+            raise ConfigError("doc_truncation must be 'document' or 'reference'")
+        if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
+            raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> RefineConfig:
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a mapping of option names to values")
+            values.update(loaded)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RefineConfig:
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        threshold_names = {f.name for f in fields(Thresholds)}
+        thresholds = dict(values.pop("thresholds", None) or {})
+        for name in threshold_names & values.keys():
+            thresholds[name] = values.pop(name)
+        unknown = set(values) - {f.name for f in fields(cls)} | set(thresholds) - threshold_names
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        for name in ("inputs", "stages"):
+            if isinstance(values.get(name), str):
+                values[name] = tuple(v for v in values[name].split(",") if v)
+            elif name in values:
+                values[name] = tuple(values[name])
+        return cls(thresholds=Thresholds(**thresholds), **values)
+
+    def with_(self, **changes: Any) -> RefineConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["inputs"] = list(self.inputs)
+        data["stages"] = list(self.stages)
+        return data

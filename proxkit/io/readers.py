@@ -1,0 +1,194 @@
+"""Read corpus files (JSONL, .jsonl.gz/.zst/.bz2/.xz, Parquet) from paths, folders, globs or URLs.
+
+Reading never raises on bad data: every input record becomes either a `Document` or a
+`Reject` that names the file, the line (JSONL) or row (Parquet) and the reason, and keeps the
+raw text so nothing is lost. A file that cannot be opened, or breaks part-way (a corrupt gzip),
+yields one file-level `Reject` after the records that could be read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which record fields hold the document text and its id."""
+
+    text: str = "text"
+    id: str = "id"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One readable input record."""
+
+    id: str
+    text: str
+    record: dict[str, Any]  # the whole input record; its other fields pass through
+    source: str
+    position: int  # 1-based line (JSONL) or row (Parquet) in `source`
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input record (or a whole file, `position=None`) that could not be used, and why."""
+
+    source: str
+    position: int | None
+    reason: str
+    raw: str | None = None
+    id: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "position": self.position,
+            "id": self.id,
+            "reason": self.reason,
+            "raw": self.raw,
+        }
+
+
+def content_id(text: str) -> str:
+    """A stable id for records that have none: a hash of the text."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def record_format(path: str) -> str | None:
+    """'jsonl' or 'parquet' from the file name, None for files that hold no records."""
+    name = path.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def list_files(inputs: str | Sequence[str]) -> list[str]:
+    """Expand paths, folders (recursively) and globs into a sorted list of record files.
+
+    An input that matches nothing raises FileNotFoundError: the run cannot go on without it.
+    """
+    files: list[str] = []
+    for spec in [inputs] if isinstance(inputs, str) else inputs:
+        fs, _, paths = fsspec.get_fs_token_paths(spec)
+        found: list[str] = []
+        for path in paths:
+            if fs.isdir(path):
+                found.extend(p for p in fs.find(path) if record_format(p))
+            elif fs.exists(path):
+                found.append(path)
+        if not found:
+            raise FileNotFoundError(f"no input files match {spec!r}")
+        files.extend(fs.unstrip_protocol(p) if "://" in spec else p for p in sorted(found))
+    return files
+
+
+def document_from_record(
+    data: object, fields: Fields, source: str, position: int, raw: str | None
+) -> Document | Reject:
+    """Validate one decoded record: an object with a string text field (and maybe an id)."""
+    if not isinstance(data, dict):
+        return Reject(
+            source,
+            position,
+            f"record is not a JSON object (got {type(data).__name__})",
+            raw or _dump(data),
+        )
+    raw_id = data.get(fields.id)
+    record_id = None if raw_id is None else str(raw_id)
+    text = data.get(fields.text)
+    if text is None:
+        reason = (
+            f"record has no {fields.text!r} field"
+            if fields.text not in data
+            else f"{fields.text!r} is null"
+        )
+        return Reject(source, position, reason, raw or _dump(data), record_id)
+    if not isinstance(text, str):
+        return Reject(
+            source,
+            position,
+            f"{fields.text!r} is not a string (got {type(text).__name__})",
+            raw or _dump(data),
+            record_id,
+        )
+    return Document(record_id or content_id(text), text, data, source, position)
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def read_jsonl(path: str, fields: Fields) -> Iterator[Document | Reject]:
+    position = 0
+    try:
+        with fsspec.open(path, "rb", compression="infer") as handle:
+            for position, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except ValueError as exc:
+                    raw = line.decode("utf-8", "replace").rstrip("\n")
+                    yield Reject(path, position, f"invalid JSON: {exc}", raw)
+                    continue
+                yield document_from_record(data, fields, path, position, None)
+    except Exception as exc:  # unreadable or corrupt file: report it and go on with the next
+        where = f"after line {position}" if position else "before the first line"
+        yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")
+
+
+def read_parquet(path: str, fields: Fields, batch_rows: int = 1024) -> Iterator[Document | Reject]:
+    import pyarrow.parquet as pq
+
+    position = 0
+    try:
+        with fsspec.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            columns = parquet.schema_arrow.names
+            if fields.text not in columns:
+                yield Reject(
+                    path,
+                    None,
+                    f"Parquet file has no {fields.text!r} column (columns: {', '.join(columns)}); "
+                    "choose the text column with --text-field",
+                )
+                return
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                for row in batch.to_pylist():
+                    position += 1
+                    yield document_from_record(row, fields, path, position, None)
+    except Exception as exc:
+        where = f"after row {position}" if position else "before the first row"
+        yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")
+
+
+def read_file(path: str, fields: Fields = Fields()) -> Iterator[Document | Reject]:
+    kind = record_format(path)
+    if kind == "parquet":
+        return read_parquet(path, fields)
+    if kind == "jsonl":
+        return read_jsonl(path, fields)
+    return iter([Reject(path, None, "unknown file type (expected .jsonl[.gz|.zst] or .parquet)")])
+
+
+def read_inputs(files: Iterable[str], fields: Fields = Fields()) -> Iterator[Document | Reject]:
+    """Every record of every file, in order."""
+    for path in files:
+        yield from read_file(path, fields)

@@ -1,0 +1,208 @@
+"""Write records as JSONL (plain, .gz, .zst) or Parquet: one file, or a folder of size-capped shards.
+
+Every file is written under a temporary name and renamed into place when it is complete, so a
+reader (or a resumed run) never sees a half-written shard under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from proxkit.io.readers import record_format
+
+OUTPUT_FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
+PARTIAL_SUFFIX = ".partial"
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _compressor(raw: BinaryIO, name: str) -> BinaryIO:
+    """Wrap a raw file in the compressor that the final file name asks for."""
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)  # type: ignore[return-value]
+    if name.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)  # type: ignore[return-value]
+    return raw
+
+
+class _JsonlFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
+        self.raw: BinaryIO = self.partial.open("wb")
+        self.handle = _compressor(self.raw, path.name)
+        self.bytes_written = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        data = _dumps(record)
+        self.handle.write(data)
+        self.bytes_written += len(data)
+
+    def close(self) -> None:
+        if self.handle is not self.raw:
+            self.handle.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Close without renaming: the partial file stays behind, never taken for complete."""
+        self.raw.close()
+
+
+class _ParquetFile:
+    """Buffers rows and writes row groups; a record whose fields differ starts a new row group
+    cast to the file's schema, or fails loudly rather than dropping fields."""
+
+    ROWS_PER_GROUP = 2048
+
+    def __init__(self, path: Path) -> None:
+        self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+        self.bytes_written = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        row = dict(record)
+        # Nested metadata varies between records; one JSON column keeps every field.
+        if "metadata" in row and not isinstance(row["metadata"], str):
+            row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, default=str)
+        self.rows.append(row)
+        self.bytes_written += sum(len(str(v)) for v in row.values())
+        if len(self.rows) >= self.ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.rows:
+            return
+        if self.writer is None:
+            table = pa.Table.from_pylist(self.rows)
+            self.writer = pq.ParquetWriter(str(self.partial), table.schema, compression="zstd")
+        else:
+            names = set(self.writer.schema.names)
+            extra = {key for row in self.rows for key in row} - names
+            if extra:
+                raise ValueError(
+                    f"records gained fields {sorted(extra)} not in the Parquet schema of {self.path}"
+                )
+            table = pa.Table.from_pylist(self.rows, schema=self.writer.schema)
+        self.writer.write_table(table)
+        self.rows = []
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._flush()
+        if self.writer is None:  # no rows at all: still leave a valid, empty file
+            pq.write_table(pa.table({}), str(self.partial))
+        else:
+            self.writer.close()
+        os.replace(self.partial, self.path)
+
+
+def output_suffix(output_format: str) -> str:
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"unknown output format {output_format!r}; expected one of {OUTPUT_FORMATS}"
+        )
+    return "." + output_format
+
+
+def format_of_file(path: str) -> str:
+    """The output format a file name asks for, e.g. 'out.jsonl.gz' -> 'jsonl.gz'."""
+    kind = record_format(path)
+    if kind is None:
+        raise ValueError(
+            f"{path}: not a record file name (.jsonl, .jsonl.gz, .jsonl.zst, .parquet)"
+        )
+    if kind == "parquet":
+        return "parquet"
+    for compressed in ("jsonl.gz", "jsonl.zst"):
+        if path.endswith(compressed.removeprefix("jsonl")):
+            return compressed
+    return "jsonl"
+
+
+def open_file(path: Path) -> _JsonlFile | _ParquetFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _ParquetFile(path) if format_of_file(str(path)) == "parquet" else _JsonlFile(path)
+
+
+class RecordWriter:
+    """Writes records to one file (a target named like `out.jsonl.gz`) or to shards
+    `{prefix}-00000.{format}`, `{prefix}-00001...` in a folder, each up to `max_bytes` of
+    uncompressed records (0: no limit). As a context manager, files are completed only when
+    the block ends without an exception."""
+
+    def __init__(
+        self,
+        target: Path,
+        output_format: str = "jsonl.gz",
+        max_bytes: int = 0,
+        prefix: str = "part",
+    ) -> None:
+        self.target = target
+        self.single_file = record_format(str(target)) is not None
+        self.suffix = "" if self.single_file else output_suffix(output_format)
+        self.max_bytes = 0 if self.single_file else max_bytes
+        self.prefix = prefix
+        self.current: _JsonlFile | _ParquetFile | None = None
+        self.paths: list[Path] = []
+
+    def _next_path(self) -> Path:
+        if self.single_file:
+            return self.target
+        return self.target / f"{self.prefix}-{len(self.paths):05d}{self.suffix}"
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.current is None:
+            path = self._next_path()
+            self.current = open_file(path)
+            self.paths.append(path)
+        self.current.write(record)
+        if self.max_bytes and self.current.bytes_written >= self.max_bytes:
+            self.current.close()
+            self.current = None
+
+    def close(self) -> None:
+        if self.current is None and self.single_file and not self.paths:
+            self.current = open_file(self.target)  # an empty input still gives its output file
+            self.paths.append(self.target)
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+    def abort(self) -> None:
+        if self.current is not None:
+            self.current.abort()
+            self.current = None
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,172 @@
+"""Exact token counts of numbered lines (`[NNN]content`, BOS included), fast.
+
+The chunker needs one count per line of every document; running the full tokenizer per line
+spends most of its time on normalization alignments, offsets and Encoding objects, not on BPE.
+For tokenizers shaped like Llama's `tokenizer.json` the same counts follow from the BPE model
+alone, and this module uses that when it can prove it:
+
+1. the normalizer only prepends "▁" and turns spaces into "▁", with no pre-tokenizer;
+2. no BPE merge joins a symbol ending in a non-"▁" character to one starting with "▁", so no
+   token spans such a boundary and the text splits into words (`▁*[^▁]+`) tokenized apart;
+3. no merge involves a digit, so `[NNN]` adds exactly one token per digit.
+
+Then count(`[NNN]content`) = count(`<s>▁[NNN`) + sum of the model's count for each word of
+`]content`. Each distinct word is tokenized once by the real BPE model, in batches, and cached.
+Lines holding special-token text (`<s>`) and tokenizers that fail any check (verified on the
+tokenizer's own JSON and on probe lines at start-up) use the full tokenizer instead, so the
+counts are always those of `tokenizer.encode`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from tokenizers import Tokenizer
+
+SPACE = "▁"
+_WORDS = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
+_LLAMA_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": SPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
+    ],
+}
+_PROBES = [
+    "",
+    " ",
+    "x",
+    "Hello, world",
+    "  two  spaces",
+    "](x) [1] 2024",
+    "tab\there",
+    "日本語 テキスト",
+    "ünïcödé — “q” …",
+    "end space ",
+    "▁already",
+    "a" * 300,
+    "1234567890",
+    "]]]",
+    "http://x.y/z?a=b",
+]
+
+
+def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+    return left, right
+
+
+def word_level_model(tokenizer: Tokenizer) -> Tokenizer | None:
+    """The bare BPE model as a tokenizer (no normalizer, no BOS), if conditions 1-3 hold."""
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model") or {}
+    if (
+        spec.get("normalizer") != _LLAMA_NORMALIZER
+        or spec.get("pre_tokenizer") is not None
+        or model.get("type") != "BPE"
+        or model.get("dropout") not in (None, 0.0)
+        or model.get("ignore_merges")
+        or any(t.get("normalized") for t in spec.get("added_tokens", []))
+    ):
+        return None
+    for merge in model.get("merges", []):
+        left, right = _merge_pair(merge)
+        if any(ch in "0123456789" for ch in left + right):  # line numbers are ASCII digits
+            return None
+        if left[-1] != SPACE and right[0] == SPACE:
+            return None
+    bare = Tokenizer.from_str(tokenizer.to_str())
+    bare.normalizer = None
+    bare.post_processor = None
+    return bare
+
+
+class LineCounter:
+    """Counts tokens of `[NNN]content` lines exactly as `tokenizer.encode` would."""
+
+    def __init__(self, tokenizer: Tokenizer, cache_entries: int = 500_000) -> None:
+        self.tokenizer = tokenizer
+        self.cache_entries = cache_entries
+        self.words: dict[str, int] = {}
+        self.specials = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
+        self.bare = word_level_model(tokenizer)
+        if self.bare is not None:
+            # BOS + "▁[" + three digits, which every "[000]content" count shares
+            self.prefix = len(tokenizer.encode("[000]")) - self._word_counts(["]"])[0]
+            if self._plain(_PROBES) != self._fast(_PROBES):
+                self.bare = None
+
+    @property
+    def fast(self) -> bool:
+        return self.bare is not None
+
+    def _plain(self, contents: Sequence[str]) -> list[int]:
+        """Counts of `[000]{content}` by the full tokenizer."""
+        encodings = self.tokenizer.encode_batch_fast(
+            [f"[000]{c}" for c in contents], add_special_tokens=True
+        )
+        return [len(e) for e in encodings]
+
+    def _word_counts(self, words: Sequence[str]) -> list[int]:
+        assert self.bare is not None
+        missing = [w for w in dict.fromkeys(words) if w not in self.words]
+        if missing:
+            if len(self.words) + len(missing) > self.cache_entries:
+                self.words.clear()
+            for word, encoding in zip(
+                missing, self.bare.encode_batch_fast(missing, add_special_tokens=False)
+            ):
+                self.words[word] = len(encoding)
+        return [self.words[w] for w in words]
+
+    def _fast(self, contents: Sequence[str]) -> list[int]:
+        split = [_WORDS.findall("]" + c.replace(" ", SPACE)) for c in contents]
+        self._word_counts([w for words in split for w in words if w not in self.words])
+        get = self.words.__getitem__
+        return [self.prefix + sum(map(get, words)) for words in split]
+
+    def _contents(self, contents: Sequence[str]) -> list[int]:
+        """Token counts of `[000]{content}` for each content."""
+        special = [i for i, c in enumerate(contents) if any(s in c for s in self.specials)]
+        counts = self._fast(contents)
+        for i, value in zip(special, self._plain([contents[i] for i in special])):
+            counts[i] = value
+        return counts
+
+    def count(self, documents: Sequence[Sequence[str]]) -> list[list[int]]:
+        """Token counts of every numbered line `[i:03d]{line}` of every document.
+
+        Lone surrogates (which JSON escapes can produce) cannot be tokenized; they are
+        counted as U+FFFD, the character a UTF-8 decoder would have put there.
+        """
+        try:
+            return self._count(documents)
+        except TypeError:
+            return self._count(
+                [[_without_surrogates(line) for line in lines] for lines in documents]
+            )
+
+    def _count(self, documents: Sequence[Sequence[str]]) -> list[list[int]]:
+        if self.bare is None:
+            flat = [f"[{i:03d}]{line}" for lines in documents for i, line in enumerate(lines)]
+            encodings = iter(self.tokenizer.encode_batch_fast(flat, add_special_tokens=True))
+            return [[len(next(encodings)) for _ in lines] for lines in documents]
+        unique = list(dict.fromkeys(line for lines in documents for line in lines))
+        per_content = dict(zip(unique, self._contents(unique)))
+        # "[000]" holds three digits; wider numbers add one token per extra digit
+        return [
+            [
+                per_content[line] + (len(str(i)) - 3 if i >= 1000 else 0)
+                for i, line in enumerate(lines)
+            ]
+            for lines in documents
+        ]
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(text: str) -> str:
+    return _SURROGATES.sub("\ufffd", text)

@@ -1,0 +1,1 @@
+"""Pipelines: per-document record building, run statistics, and the local runner."""

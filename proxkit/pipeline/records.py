@@ -1,0 +1,111 @@
+"""One document and its programs -> its output record (the ProX output layout).
+
+The output keeps every input field, sets `text` to the refined text ("" when dropped), keeps
+the original in `raw_content`, and records the programs and what executing them did under
+`metadata` (`doc_program`, `chunk_program`, `prox`). Because the original is kept, executing
+the stored programs again on an output record reproduces it exactly (`prox execute`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxkit.io.readers import Document, Fields
+from proxkit.program.executor import (
+    ExecutionResult,
+    Mode,
+    Thresholds,
+    execute_chunk,
+    execute_doc,
+)
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A document after both stages: its output record and the per-stage results."""
+
+    record: dict[str, Any]
+    original: str
+    text: str
+    doc: ExecutionResult | None
+    chunk: ExecutionResult | None
+
+    @property
+    def dropped(self) -> bool:
+        return any(r is not None and r.dropped for r in (self.doc, self.chunk))
+
+
+def original_text(document: Document) -> str:
+    """The text programs run on: `raw_content` when the record was refined before, else `text`."""
+    raw = document.record.get("raw_content")
+    return raw if isinstance(raw, str) else document.text
+
+
+def _metadata(document: Document) -> dict[str, Any]:
+    metadata = document.record.get("metadata")
+    if isinstance(metadata, dict):
+        return dict(metadata)
+    return {} if metadata is None else {"source_metadata": metadata}
+
+
+def refine(
+    document: Document,
+    doc_program: str | None,
+    chunk_program: str | None,
+    mode: Mode = "strict",
+    thresholds: Thresholds = Thresholds(),
+    fields: Fields = Fields(),
+) -> Refined:
+    """Run the doc program, then (if the document is kept) the chunk program."""
+    original = original_text(document)
+    doc_result = execute_doc(original, doc_program, mode) if doc_program is not None else None
+    chunk_result = None
+    if chunk_program is not None and not (doc_result is not None and doc_result.dropped):
+        chunk_result = execute_chunk(original, chunk_program, mode, thresholds)
+    return assemble(
+        document, original, doc_program, doc_result, chunk_program, chunk_result, mode, fields
+    )
+
+
+def assemble(
+    document: Document,
+    original: str,
+    doc_program: str | None,
+    doc_result: ExecutionResult | None,
+    chunk_program: str | None,
+    chunk_result: ExecutionResult | None,
+    mode: Mode,
+    fields: Fields = Fields(),
+    info: dict[str, Any] | None = None,
+) -> Refined:
+    """Build the output record from the programs and their results.
+
+    `info` adds fields under `metadata.prox` (e.g. which rules fired, a model's keep score).
+    """
+    if doc_result is not None and doc_result.dropped:
+        text = ""
+    elif chunk_result is not None:
+        text = chunk_result.text
+    else:
+        text = original
+
+    metadata = _metadata(document)
+    if doc_program is not None:
+        metadata["doc_program"] = doc_program
+    if chunk_program is not None:
+        metadata["chunk_program"] = chunk_program
+    prox: dict[str, Any] = {"mode": mode}
+    if doc_result is not None:
+        prox["doc"] = doc_result.to_metadata()
+    if chunk_result is not None:
+        prox["chunk"] = chunk_result.to_metadata()
+    prox.update(info or {})
+    metadata["prox"] = prox
+
+    record = dict(document.record)
+    record.setdefault(fields.id, document.id)
+    record[fields.text] = text
+    record["raw_content"] = original
+    record["metadata"] = metadata
+    return Refined(record, original, text, doc_result, chunk_result)

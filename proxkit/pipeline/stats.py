@@ -1,0 +1,109 @@
+"""Run statistics: counted where documents are refined, merged across workers, printed at the end.
+
+The same counters are written as `stats.json` next to the output and printed as the end-of-run
+summary, so what a user reads and what a script parses cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxkit.pipeline.records import Refined
+
+
+@dataclass
+class RunStats:
+    documents: int = 0
+    kept: int = 0
+    dropped: int = 0
+    refined: int = 0  # kept and the text changed
+    rejected: int = 0
+    outcomes: Counter = field(default_factory=Counter)  # "doc:kept", "chunk:refined", ...
+    drop_reasons: Counter = field(default_factory=Counter)  # which rule or stage dropped
+    lines_removed: int = 0
+    normalizations: int = 0
+    program_errors: int = 0
+    documents_with_program_errors: int = 0
+    chars_before: int = 0
+    chars_after: int = 0
+    words_before: int = 0
+    words_after: int = 0
+
+    def add(self, refined: Refined, drop_reason: str | None = None) -> None:
+        text = refined.text
+        self.documents += 1
+        self.chars_before += len(refined.original)
+        self.chars_after += len(text)
+        self.words_before += len(refined.original.split())
+        self.words_after += len(text.split())
+        errors = 0
+        for stage, result in (("doc", refined.doc), ("chunk", refined.chunk)):
+            if result is None:
+                continue
+            self.outcomes[f"{stage}:{result.outcome.value}"] += 1
+            errors += len(result.errors)
+        if refined.dropped:
+            self.dropped += 1
+            self.drop_reasons[drop_reason or "dropped"] += 1
+        else:
+            self.kept += 1
+            if text != refined.original:
+                self.refined += 1
+        chunk = refined.chunk
+        if chunk is not None and chunk.outcome.value in ("refined", "unchanged"):
+            self.lines_removed += sum(end - start + 1 for start, end in chunk.removed_lines)
+            self.normalizations += sum(count for _, _, count in chunk.normalizations)
+        self.program_errors += errors
+        self.documents_with_program_errors += errors > 0
+
+    def merge(self, other: RunStats) -> None:
+        for name, value in vars(other).items():
+            current = getattr(self, name)
+            if isinstance(current, Counter):
+                current.update(value)
+            else:
+                setattr(self, name, current + value)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            k: (dict(sorted(v.items())) if isinstance(v, Counter) else v)
+            for k, v in vars(self).items()
+        }
+        data["kept_fraction"] = round(self.kept / self.documents, 6) if self.documents else 0.0
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStats:
+        stats = cls()
+        for name, value in data.items():
+            if not hasattr(stats, name):
+                continue
+            current = getattr(stats, name)
+            setattr(stats, name, Counter(value) if isinstance(current, Counter) else value)
+        return stats
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        def share(part: int, whole: int) -> str:
+            return f"{part:,} ({part / whole:.1%})" if whole else f"{part:,}"
+
+        rows = [
+            ("documents in", f"{self.documents + self.rejected:,}"),
+            ("kept", share(self.kept, self.documents)),
+            ("  of which refined", share(self.refined, self.documents)),
+            ("dropped", share(self.dropped, self.documents)),
+        ]
+        rows += [(f"  {reason}", f"{count:,}") for reason, count in self.drop_reasons.most_common()]
+        rows += [
+            ("rejected records", f"{self.rejected:,}"),
+            ("lines removed", f"{self.lines_removed:,}"),
+            ("normalizations applied", f"{self.normalizations:,}"),
+            (
+                "program errors",
+                f"{self.program_errors:,} in {self.documents_with_program_errors:,} documents",
+            ),
+            ("characters before -> after", f"{self.chars_before:,} -> {self.chars_after:,}"),
+            ("words before -> after", f"{self.words_before:,} -> {self.words_after:,}"),
+        ]
+        return rows

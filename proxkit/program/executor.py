@@ -1,0 +1,239 @@
+"""Execute ProX programs on documents: doc level (keep/drop) and chunk level (edit, then judge).
+
+Chunk level runs normalizations in order, removes lines of the normalized text, then applies
+the reference thresholds (`Thresholds`) to decide whether the refined text is kept, the
+document dropped, or the program ignored. Both parsing modes (`strict`, `reference`) lower a
+program to `ChunkEdits` and share everything after that, so they can only differ in parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+
+from proxkit.program import reference
+from proxkit.program.ops import (
+    ChunkEdits,
+    DropDoc,
+    KeepDoc,
+    Normalize,
+    ProgramError,
+    RemoveAllLines,
+    RemoveLines,
+)
+from proxkit.program.parser import parse
+
+Mode = Literal["strict", "reference"]
+MODES: tuple[Mode, ...] = ("strict", "reference")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a chunk-level result is kept, dropped or ignored (defaults: the reference's).
+
+    - `min_kept_ratio` (reference `threshold_1`): the refined text is used only when
+      words(refined) / words(original) is at least this.
+    - `max_removed_ratio` (reference `threshold_2`): the document is dropped when
+      words(refined) / words(original) <= 1 - this, unless the program has too many errors.
+    - `error_limit` (reference `error_op`): a program with this many errors or more is ignored
+      and the original text kept.
+    - `short_doc_words`: a refined text of at most this many words is dropped (the reference's
+      rule taken from FineWeb).
+    """
+
+    min_kept_ratio: float = 0.0
+    max_removed_ratio: float = 0.95
+    error_limit: int = 2
+    short_doc_words: int = 10
+
+
+class Outcome(str, Enum):
+    KEPT = "kept"  # doc level: keep_doc()
+    DROPPED = "dropped"  # doc level: drop_doc()
+    REFINED = "refined"  # chunk level: program applied, text changed
+    UNCHANGED = "unchanged"  # chunk level: program applied, nothing to change
+    PROGRAM_IGNORED = "program_ignored"  # chunk level: too many errors, original text kept
+    DROPPED_MOSTLY_REMOVED = "dropped_mostly_removed"  # chunk level: program removed ~everything
+    DROPPED_TOO_SHORT = "dropped_too_short"  # chunk level: refined text too short
+    DROPPED_EMPTY = "dropped_empty"  # the document has no words at all
+
+    @property
+    def is_drop(self) -> bool:
+        return self.value.startswith("dropped")
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """What executing one program on one document did."""
+
+    text: str  # the output text: refined, original, or "" when dropped
+    outcome: Outcome
+    removed_lines: tuple[tuple[int, int], ...] = ()  # merged inclusive ranges actually removed
+    normalizations: tuple[tuple[str, str, int], ...] = ()  # (source, target, occurrences)
+    errors: tuple[ProgramError, ...] = ()
+    words_before: int = 0
+    words_after: int = 0
+
+    @property
+    def dropped(self) -> bool:
+        return self.outcome.is_drop
+
+    def to_metadata(self) -> dict[str, Any]:
+        """A JSON-ready summary for the output record's metadata."""
+        return {
+            "outcome": self.outcome.value,
+            "removed_lines": [list(r) for r in self.removed_lines],
+            "normalizations": [list(n) for n in self.normalizations],
+            "errors": [{"line": e.line, "text": e.text, "reason": e.reason} for e in self.errors],
+            "words_before": self.words_before,
+            "words_after": self.words_after,
+        }
+
+
+def execute_doc(text: str, program_text: str, mode: Mode = "strict") -> ExecutionResult:
+    """Doc level: keep or drop the whole document."""
+    words = len(text.split())
+    if mode == "reference":
+        drop = reference.doc_program_drops(program_text)
+        errors: tuple[ProgramError, ...] = ()
+    else:
+        program = parse(program_text)
+        wrong_stage = tuple(
+            ProgramError(0, type(op).__name__, "not a doc-level operation")
+            for op in program.operations
+            if not isinstance(op, (KeepDoc, DropDoc))
+        )
+        errors = program.errors + wrong_stage
+        drop = any(isinstance(op, DropDoc) for op in program.operations)
+    if drop:
+        return ExecutionResult("", Outcome.DROPPED, errors=errors, words_before=words)
+    return ExecutionResult(text, Outcome.KEPT, errors=errors, words_before=words, words_after=words)
+
+
+def lower_strict(program_text: str) -> ChunkEdits:
+    """Parse a chunk-level program with the strict parser and lower it to edits."""
+    program = parse(program_text)
+    normalizations: list[tuple[str, str]] = []
+    ranges: list[tuple[int, int]] = []
+    remove_all = False
+    errors = list(program.errors)
+    for op in program.operations:
+        if isinstance(op, Normalize):
+            # An empty or single-space source is a no-op in ProX (it would shred the text).
+            if op.source not in ("", " "):
+                normalizations.append((op.source, op.target))
+        elif isinstance(op, RemoveLines):
+            ranges.append((op.start, op.end))
+        elif isinstance(op, RemoveAllLines):
+            remove_all = True
+        elif isinstance(op, DropDoc):
+            errors.append(ProgramError(0, "drop_doc()", "drop_doc() is a doc-level operation"))
+    return ChunkEdits(tuple(normalizations), tuple(ranges), remove_all, tuple(errors))
+
+
+def lower(program_text: str, mode: Mode) -> ChunkEdits:
+    if mode == "reference":
+        return reference.read_chunk_program(program_text)
+    if mode == "strict":
+        return lower_strict(program_text)
+    raise ValueError(f"unknown parsing mode {mode!r}; expected one of {MODES}")
+
+
+def execute_chunk(
+    text: str,
+    program_text: str,
+    mode: Mode = "strict",
+    thresholds: Thresholds = Thresholds(),
+) -> ExecutionResult:
+    """Chunk level: run the (joined) chunk programs of one document on its whole text."""
+    return apply_edits(text, lower(program_text, mode), thresholds)
+
+
+def _merge_as_reference(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort by start and merge overlapping or adjacent ranges (the reference's merge)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges, key=lambda r: r[0]):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def apply_edits(
+    text: str, edits: ChunkEdits, thresholds: Thresholds = Thresholds()
+) -> ExecutionResult:
+    """Apply lowered edits to a document and judge the result with the thresholds."""
+    errors = list(edits.errors)
+    normalized = text
+    applied: list[tuple[str, str, int]] = []
+    for source, target in edits.normalizations:
+        if not source:
+            continue
+        occurrences = normalized.count(source)
+        if occurrences:
+            normalized = normalized.replace(source, target)
+        applied.append((source, target, occurrences))
+
+    lines = normalized.split("\n")
+    count = len(lines)
+    for start, end in _merge_as_reference(list(edits.ranges)):
+        if start >= count:
+            errors.append(
+                ProgramError(0, f"{start}..{end}", f"range starts past the last line {count - 1}")
+            )
+        elif end >= count:
+            errors.append(
+                ProgramError(
+                    0, f"{start}..{end}", f"range ends past the last line {count - 1} (clipped)"
+                )
+            )
+
+    if edits.remove_all:
+        valid = [(0, count - 1)]
+    else:
+        valid = [(max(s, 0), min(e, count - 1)) for s, e in edits.ranges]
+        valid = [(s, e) for s, e in valid if s <= e]
+    removed = _merge_as_reference(valid)
+    if removed:
+        kept_lines: list[str] = []
+        position = 0
+        for start, end in removed:
+            kept_lines.extend(lines[position:start])
+            position = end + 1
+        kept_lines.extend(lines[position:])
+        refined = "\n".join(kept_lines)
+    else:
+        refined = normalized
+
+    words_before = len(text.split())
+    words_after = len(refined.split())
+    outcome = judge(words_before, words_after, len(errors), thresholds)
+    if outcome is Outcome.REFINED and refined == text:
+        outcome = Outcome.UNCHANGED
+    output = "" if outcome.is_drop else text if outcome is Outcome.PROGRAM_IGNORED else refined
+    return ExecutionResult(
+        output,
+        outcome,
+        tuple(removed),
+        tuple(applied),
+        tuple(errors),
+        words_before,
+        words_after,
+    )
+
+
+def judge(words_before: int, words_after: int, num_errors: int, thresholds: Thresholds) -> Outcome:
+    """The reference's decision, in its order; `REFINED` means 'use the refined text'."""
+    if words_before == 0:
+        return Outcome.DROPPED_EMPTY
+    ratio = words_after / words_before * 1.0
+    few_errors = num_errors < thresholds.error_limit
+    if ratio <= (1 - thresholds.max_removed_ratio) and few_errors:
+        return Outcome.DROPPED_MOSTLY_REMOVED
+    if words_after <= thresholds.short_doc_words:
+        return Outcome.DROPPED_TOO_SHORT
+    if ratio >= thresholds.min_kept_ratio and few_errors:
+        return Outcome.REFINED
+    return Outcome.PROGRAM_IGNORED

@@ -1,0 +1,35 @@
+"""The one interface every programmer (rules, stored programs, language models) implements.
+
+A programmer receives a batch of documents for one stage and returns, per document, the
+program text it wrote (`None`: no program, the stage is skipped for that document) and
+optional details that go to `metadata.prox` (rules that fired, a model's keep score).
+For the chunk stage a model programmer chunks the document itself and joins its per-chunk
+programs with "\\n", as the reference does; the executor always sees one program per document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from proxkit.io.readers import Document
+
+Stage = Literal["doc", "chunk"]
+STAGES: tuple[Stage, ...] = ("doc", "chunk")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a programmer wrote for one document at one stage."""
+
+    program: str | None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Programmer(Protocol):
+    name: str
+
+    def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
+        """One `Written` per document, in input order."""
+        ...

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real Llama-2 tokenizer (skipped where ../shared is absent) and a tiny
+tokenizer trained on the fly, both as folders loaded through the real loading code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
+LLAMA2 = SHARED / "tokenizers" / "llama2"
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def llama2_dir() -> Path:
+    if not (LLAMA2 / "tokenizer.json").is_file():
+        pytest.skip(f"Llama-2 tokenizer not found at {LLAMA2}")
+    return LLAMA2
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small BPE tokenizer with a BOS post-processor, like Llama's, trained on local text."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"])
+    corpus = [
+        "[000]Home | About | Contact",
+        "The quick brown fox jumps over the lazy dog.",
+        "Copyright 2024. All rights reserved. Privacy policy.",
+    ] * 50
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    folder = tmp_path_factory.mktemp("tiny_tokenizer")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}
+        )
+    )
+    return folder
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
