@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
+
+from proxkit.program import DropDoc, KeepDoc, Normalize, RemoveAllLines, RemoveLines
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
@@ -63,3 +66,16 @@ def read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+# Random ProX operations, for property tests of the parser and executor.
+line_numbers = st.integers(min_value=0, max_value=10_000)
+ranges = st.tuples(line_numbers, line_numbers).map(lambda r: RemoveLines(min(r), max(r)))
+texts = st.text(st.characters(exclude_characters="\n"), max_size=30)
+operations = st.one_of(
+    st.just(KeepDoc()),
+    st.just(DropDoc()),
+    st.just(RemoveAllLines()),
+    ranges,
+    st.builds(Normalize, texts, texts),
+)

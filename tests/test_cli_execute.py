@@ -7,8 +7,9 @@ import json
 
 from typer.testing import CliRunner
 
-from conftest import read_jsonl, write_jsonl
 from proxkit.cli import app
+
+from conftest import read_jsonl, write_jsonl
 
 runner = CliRunner()
 BODY = "\n".join(f"line {i} of a page with several words" for i in range(12))
@@ -71,7 +72,7 @@ def test_execute_retunes_thresholds_and_stage(tmp_path):
     invoke(
         "execute", str(source), "-o", str(tmp_path / "a.jsonl"), "-q", "--short-doc-words", "100"
     )
-    assert [r["text"] for r in read_jsonl(tmp_path / "a.jsonl")][0] == ""  # 63 words <= 100
+    assert read_jsonl(tmp_path / "a.jsonl")[0]["text"] == ""  # 63 words <= 100
     invoke("execute", str(source), "-o", str(tmp_path / "b.jsonl"), "-q", "--stage", "chunk")
     assert read_jsonl(tmp_path / "b.jsonl")[1]["text"] == BODY  # drop_doc() not run
 

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from proxkit.program import Outcome, Thresholds, execute_chunk, execute_doc
 from proxkit.program.ops import Program
-from test_parser import operations
+
+from conftest import operations
 
 DOC = "\n".join(f"line {i} holds five words" for i in range(10))  # 50 words
 

@@ -16,6 +16,8 @@ from proxkit.program import (
 )
 from proxkit.program.ops import operation_to_text
 
+from conftest import operations
+
 
 def test_reads_every_operation_of_the_program_space():
     program = parse(
@@ -108,17 +110,6 @@ def test_pathological_input_is_an_error_not_a_crash():
 
 
 # --- properties -------------------------------------------------------------------------------
-
-line_numbers = st.integers(min_value=0, max_value=10_000)
-ranges = st.tuples(line_numbers, line_numbers).map(lambda r: RemoveLines(min(r), max(r)))
-texts = st.text(st.characters(exclude_characters="\n"), max_size=30)
-operations = st.one_of(
-    st.just(KeepDoc()),
-    st.just(DropDoc()),
-    st.just(RemoveAllLines()),
-    ranges,
-    st.builds(Normalize, texts, texts),
-)
 
 
 @given(st.lists(operations, max_size=12))
