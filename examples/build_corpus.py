@@ -95,12 +95,8 @@ class _TextExtractor(HTMLParser):
             self.lines[-1] += re.sub(r"\s+", " ", data)
 
     def text(self) -> str:
-        lines = [line.rstrip() if self.pre_depth else line.strip() for line in self.lines]
-        out: list[str] = []
-        for line in lines:
-            if line or (out and out[-1]):  # keep single blank lines, as extracted text has them
-                out.append(line)
-        return "\n".join(out).strip("\n")
+        """One line per text block, no blank lines: the shape of crawl text extraction (WET)."""
+        return "\n".join(line.strip() for line in self.lines if line.strip())
 
 
 def html_to_text(html: str) -> str:

@@ -223,7 +223,10 @@ def refine(
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")
     stdout.print(
-        "next: look at the result with `prox report` (coming) or read stats.json", highlight=False
+        "per-document details are under metadata.prox in each record; re-tune thresholds "
+        f"without re-running programmers: prox execute {config.output} -o NEW_OUTPUT "
+        "--short-doc-words N ...",
+        highlight=False,
     )
 
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from proxkit.program import DropDoc, KeepDoc, Normalize, RemoveAllLines, RemoveLines
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
 LLAMA2 = SHARED / "tokenizers" / "llama2"

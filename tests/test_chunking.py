@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,24 +166,21 @@ tricky_lines = st.lists(
 ).map("".join)
 
 
+@functools.lru_cache(maxsize=2)
+def _llama2(path: str) -> tuple[object, LineCounter]:
+    tokenizer = load_tokenizer(path).backend
+    return tokenizer, LineCounter(tokenizer)
+
+
 @given(st.lists(tricky_lines, min_size=1, max_size=40), st.integers(0, 2000))
 @settings(max_examples=200, deadline=None)
 def test_fast_line_counts_equal_the_tokenizer_on_llama2(llama2_dir, lines, first_number):
-    tokenizer = load_tokenizer(str(llama2_dir)).backend
-    counter = _llama2_counter(tokenizer)
+    tokenizer, counter = _llama2(str(llama2_dir))
+    assert counter.fast
     padded = [""] * first_number + lines  # reach 4-digit line numbers
     counts = counter.count([padded])[0]
     expected = [len(e) for e in tokenizer.encode_batch_fast(number_lines("\n".join(padded)))]
     assert counts == expected
-
-
-_COUNTERS: dict[int, LineCounter] = {}
-
-
-def _llama2_counter(tokenizer) -> LineCounter:
-    counter = _COUNTERS.setdefault(id(tokenizer), LineCounter(tokenizer))
-    assert counter.fast
-    return counter
 
 
 def test_fast_line_counts_equal_the_tokenizer_on_the_whole_example_corpus(llama2_dir):

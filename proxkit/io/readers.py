@@ -8,13 +8,19 @@ yields one file-level `Reject` after the records that could be read.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
 import json
+import lzma
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import fsspec
+import zstandard
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
@@ -135,10 +141,29 @@ def _dump(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, default=str)
 
 
+@contextmanager
+def open_decompressed(path: str) -> Iterator[IO[bytes]]:
+    """A buffered binary stream of the file's content, decompressed by its suffix."""
+    with fsspec.open(path, "rb") as raw:
+        name = path.lower()
+        if name.endswith(".gz"):
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw)
+        elif name.endswith((".zst", ".zstd")):
+            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        elif name.endswith(".bz2"):
+            stream = bz2.BZ2File(raw)
+        elif name.endswith(".xz"):
+            stream = lzma.LZMAFile(raw)  # noqa: SIM115 - closed by the with-block below
+        else:
+            stream = raw
+        with stream:
+            yield stream
+
+
 def read_jsonl(path: str, fields: Fields) -> Iterator[Document | Reject]:
     position = 0
     try:
-        with fsspec.open(path, "rb", compression="infer") as handle:
+        with open_decompressed(path) as handle:
             for position, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

@@ -1,7 +1,8 @@
 """Programmers write ProX programs: one module per backend behind `base.Programmer`.
 
 `make_programmer(spec, config)` turns a CLI/config value into a programmer:
-`rules` (classic heuristics, no model) or `stored` (programs already in the records).
+`rules` / `rules:NAME,...` (classic heuristics, no model) or `stored` (programs already in
+the records).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ class UnknownProgrammer(ValueError):
 
 
 def make_programmer(spec: str, config: RefineConfig | None = None) -> Programmer:
-    if spec == "rules":
+    if spec == "rules" or spec.startswith("rules:"):
         from proxkit.programmers.rules import RulesProgrammer
 
-        return RulesProgrammer()
+        try:
+            return RulesProgrammer.from_spec(spec)
+        except ValueError as exc:
+            raise UnknownProgrammer(str(exc)) from exc
     if spec == "stored":
         from proxkit.programmers.stored import StoredProgrammer
 

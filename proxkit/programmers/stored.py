@@ -24,10 +24,14 @@ class StoredProgrammer:
         written = []
         for document in documents:
             metadata = document.record.get("metadata")
-            value = metadata.get(key) if isinstance(metadata, dict) else None
+            metadata = metadata if isinstance(metadata, dict) else {}
+            value = metadata.get(key)
             if value is not None and not isinstance(value, str):
                 raise StoredProgramError(
                     f"metadata.{key} is not a string (got {type(value).__name__})"
                 )
-            written.append(Written(value))
+            # What the original programmer recorded (rules fired, scores) stays with its program.
+            previous = metadata.get("prox")
+            info = previous.get(f"{stage}_info") if isinstance(previous, dict) else None
+            written.append(Written(value, info if isinstance(info, dict) else {}))
         return written
