@@ -197,6 +197,13 @@ def refine(
     workers: Workers = None,
     limit: Limit = None,
     overwrite: Overwrite = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="Tokenizer folder or Hub id: also count model tokens before and after in the summary.",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization."""
@@ -219,6 +226,7 @@ def refine(
         "workers": workers,
         "limit": limit,
         "overwrite": overwrite,
+        "tokenizer": tokenizer,
     }
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")

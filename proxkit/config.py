@@ -42,7 +42,7 @@ class RefineConfig:
     workers: int = 0  # 0: one per CPU core
     limit: int | None = None
     overwrite: bool = False
-    tokenizer: str | None = None  # defaults to the chunk/doc model's own tokenizer
+    tokenizer: str | None = None  # count model tokens before/after in the summary
     max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     max_doc_tokens: int = DEFAULT_DOC_TOKENS
     doc_truncation: str = "document"

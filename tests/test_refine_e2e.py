@@ -191,3 +191,27 @@ def test_unusable_inputs_and_options_fail_clearly(tmp_path):
         "refine", str(tmp_path / "only_bad.jsonl"), "-o", str(tmp_path / "o4"), "-q"
     )
     assert nothing_read.returncode == 1 and "no document could be read" in nothing_read.stderr
+
+
+def test_token_counts_with_a_tokenizer(tmp_path, llama2_dir):
+    from tokenizers import Tokenizer
+
+    result = prox(
+        "refine",
+        str(CORPUS),
+        "-o",
+        str(tmp_path / "out"),
+        "--limit",
+        "12",
+        "-q",
+        "--tokenizer",
+        str(llama2_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tokens before -> after" in result.stdout
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    tokenizer = Tokenizer.from_file(str(llama2_dir / "tokenizer.json"))
+    out = records(tmp_path / "out")
+    count = lambda texts: sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)  # noqa: E731
+    assert stats["tokens_before"] == count(r["raw_content"] for r in out)
+    assert stats["tokens_after"] == count(r["text"] for r in out)

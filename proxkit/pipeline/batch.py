@@ -8,8 +8,9 @@ at a time, so one bad record is rejected with its error and the rest of the batc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from proxkit.pipeline.records import assemble, original_text
 from proxkit.pipeline.stats import RunStats
 from proxkit.program.executor import ExecutionResult, Mode, Thresholds, execute_chunk, execute_doc
 from proxkit.programmers.base import Programmer, Written
+from proxkit.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -34,6 +36,7 @@ class BatchProcessor:
     mode: Mode = "strict"
     thresholds: Thresholds = field(default_factory=Thresholds)
     fields: Fields = field(default_factory=Fields)
+    tokenizer: str | None = None  # a path or Hub id: count tokens before/after in the stats
 
     def __call__(self, documents: Sequence[Document]) -> BatchOutput:
         try:
@@ -116,7 +119,22 @@ class BatchProcessor:
             )
             output.records.append(refined.record)
             output.stats.add(refined, _drop_reason(doc_result, doc_w, chunk_result))
+        if self.tokenizer is not None:
+            count = _token_counter(self.tokenizer)
+            output.stats.tokens_before += count([d.text for d in originals])
+            output.stats.tokens_after += count([r[self.fields.text] for r in output.records])
         return output
+
+
+@functools.lru_cache(maxsize=2)
+def _token_counter(tokenizer: str) -> Callable[[list[str]], int]:
+    """Loaded once per worker process; batches carry only the tokenizer's name."""
+    backend = load_tokenizer(tokenizer).backend
+
+    def count(texts: list[str]) -> int:
+        return sum(len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False))
+
+    return count
 
 
 def _drop_reason(

@@ -173,6 +173,7 @@ def build_processor(config: RefineConfig) -> BatchProcessor:
         mode=config.mode,
         thresholds=config.thresholds,
         fields=Fields(config.text_field, config.id_field),
+        tokenizer=config.tokenizer,
     )
 
 

@@ -30,6 +30,8 @@ class RunStats:
     chars_after: int = 0
     words_before: int = 0
     words_after: int = 0
+    tokens_before: int = 0  # counted only when a tokenizer is configured
+    tokens_after: int = 0
 
     def add(self, refined: Refined, drop_reason: str | None = None) -> None:
         text = refined.text
@@ -106,4 +108,8 @@ class RunStats:
             ("characters before -> after", f"{self.chars_before:,} -> {self.chars_after:,}"),
             ("words before -> after", f"{self.words_before:,} -> {self.words_after:,}"),
         ]
+        if self.tokens_before:
+            rows.append(
+                ("tokens before -> after", f"{self.tokens_before:,} -> {self.tokens_after:,}")
+            )
         return rows
