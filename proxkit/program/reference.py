@@ -64,46 +64,35 @@ def read_chunk_program(program_text: str) -> ChunkEdits:
         def error(reason: str, number: int = number, operation: str = operation) -> None:
             errors.append(ProgramError(number, operation, reason))
 
-        if operation.startswith("remove_lines") and "all=True" not in operation:
-            arguments, missing = _argument_text(operation)
-            if arguments is None:
-                error("no '(' in call")
-                continue
-            if missing:
-                error("no ')' in call")
-            pieces = arguments.split(",")
+        is_range = operation.startswith("remove_lines") and "all=True" not in operation
+        if not (is_range or operation.startswith("normalize")):
+            remove_all = remove_all or operation.startswith("remove_lines")
+            continue
+        arguments, missing = _argument_text(operation)
+        if arguments is None:
+            error("no '(' in call")
+            continue
+        if missing:
+            error("no ')' in call")
+        pieces = arguments.split(",")
+        if is_range:
             try:
-                start = int(_value(pieces[0]))
-                end = int(_value(pieces[1]))
+                ranges.append((int(_value(pieces[0])), int(_value(pieces[1]))))
             except (IndexError, ValueError):
                 error("line numbers not readable")
+        elif len(pieces) == 1:
+            try:
+                normalizations.append((_value(pieces[0]).strip('"'), ""))
+            except IndexError:
+                error("source_str not readable")
+        elif len(pieces) == 2:
+            try:
+                source = _value(pieces[0]).strip('"')
+                target = _value(pieces[1]).strip('"')
+            except IndexError:
+                error("source_str/target_str not readable")
                 continue
-            ranges.append((start, end))
-        elif operation.startswith("normalize"):
-            arguments, missing = _argument_text(operation)
-            if arguments is None:
-                error("no '(' in call")
-                continue
-            if missing:
-                error("no ')' in call")
-            pieces = arguments.split(",")
-            if len(pieces) == 1:
-                try:
-                    source = _value(pieces[0]).strip('"')
-                except IndexError:
-                    error("source_str not readable")
-                    continue
-                normalizations.append((source, ""))
-            elif len(pieces) == 2:
-                try:
-                    source = _value(pieces[0]).strip('"')
-                    target = _value(pieces[1]).strip('"')
-                except IndexError:
-                    error("source_str/target_str not readable")
-                    continue
-                if source not in (" ", ""):
-                    normalizations.append((source, target))
-        elif operation.startswith("remove_lines"):
-            remove_all = True
+            if source not in (" ", ""):
+                normalizations.append((source, target))
 
     return ChunkEdits(tuple(normalizations), tuple(ranges), remove_all, tuple(errors))
