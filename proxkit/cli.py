@@ -16,6 +16,7 @@ from proxkit.io.readers import Fields, list_files
 from proxkit.pipeline.local import OutputExists, RejectLog, RunPaths, run_local
 from proxkit.pipeline.stats import RunStats
 from proxkit.programmers import UnknownProgrammer
+from proxkit.programmers.hf import ModelNotFound
 
 app = typer.Typer(
     add_completion=False,
@@ -130,7 +131,7 @@ def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
 def _run(config: RefineConfig, quiet: bool, title: str) -> None:
     try:
         stats = run_local(config, progress=not quiet)
-    except (OutputExists, FileNotFoundError, UnknownProgrammer, ConfigError) as exc:
+    except (OutputExists, FileNotFoundError, UnknownProgrammer, ConfigError, ModelNotFound) as exc:
         _fail(str(exc))
     _print_summary(stats, RunPaths.for_output(config.output), title)
     if stats.documents == 0 and stats.rejected:
@@ -154,14 +155,14 @@ def refine(
         str | None,
         typer.Option(
             "--doc-programmer",
-            help="Who writes doc-level programs: 'rules' or 'stored'. [default: rules]",
+            help="Who writes doc-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id such as gair-prox/web-doc-refining-lm). [default: rules]",
         ),
     ] = None,
     chunk_programmer: Annotated[
         str | None,
         typer.Option(
             "--chunk-programmer",
-            help="Who writes chunk-level programs: 'rules' or 'stored'. [default: rules]",
+            help="Who writes chunk-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id such as gair-prox/web-chunk-refining-lm). [default: rules]",
         ),
     ] = None,
     stages: Annotated[
@@ -204,6 +205,91 @@ def refine(
             help="Tokenizer folder or Hub id: also count model tokens before and after in the summary.",
         ),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="How model programmers run: transformers (CPU/GPU), vllm (GPU, extra [vllm]) or openai (any OpenAI-compatible server). [default: transformers]",
+        ),
+    ] = None,
+    doc_scoring: Annotated[
+        str | None,
+        typer.Option(
+            "--doc-scoring",
+            help="Doc level with a model: 'forward' (one forward pass, keep score in metadata) or 'generate' (greedy text, as the reference). [default: forward]",
+        ),
+    ] = None,
+    doc_keep_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--doc-keep-threshold",
+            help="Drop a document whose keep score is below this. [default: 0.5, the greedy choice]",
+        ),
+    ] = None,
+    doc_keep_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--doc-keep-fraction",
+            help="Instead of a threshold, keep this fraction of the best-scoring documents of each batch.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="transformers backend: auto, cpu, cuda, cuda:1. [default: auto]"
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16. [default: auto]",
+        ),
+    ] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-tokens",
+            help="transformers backend: prompt tokens per forward batch, padding included. [default: 16384]",
+        ),
+    ] = None,
+    tensor_parallel: Annotated[
+        int | None,
+        typer.Option("--tensor-parallel", help="vllm backend: GPUs per model. [default: 1]"),
+    ] = None,
+    api_base: Annotated[
+        str | None,
+        typer.Option(
+            "--api-base",
+            help="openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1.",
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            help="openai backend: environment variable holding the API key. [default: OPENAI_API_KEY]",
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--max-concurrency", help="openai backend: requests in flight at once. [default: 32]"
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--request-timeout", help="openai backend: seconds per request. [default: 120]"
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(
+            "--max-retries",
+            help="openai backend: retries on 429/5xx/connection errors, with backoff. [default: 4]",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization."""
@@ -227,6 +313,19 @@ def refine(
         "limit": limit,
         "overwrite": overwrite,
         "tokenizer": tokenizer,
+        "backend": backend,
+        "doc_scoring": doc_scoring,
+        "doc_keep_threshold": doc_keep_threshold,
+        "doc_keep_fraction": doc_keep_fraction,
+        "device": device,
+        "dtype": dtype,
+        "batch_tokens": batch_tokens,
+        "tensor_parallel": tensor_parallel,
+        "api_base": api_base,
+        "api_key_env": api_key_env,
+        "max_concurrency": max_concurrency,
+        "request_timeout": request_timeout,
+        "max_retries": max_retries,
     }
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")

@@ -46,6 +46,22 @@ class RefineConfig:
     max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     max_doc_tokens: int = DEFAULT_DOC_TOKENS
     doc_truncation: str = "document"
+    # model programmers (a Hub id or folder as --doc-programmer / --chunk-programmer)
+    backend: str = "transformers"  # transformers, vllm or openai
+    doc_scoring: str = "forward"  # forward: one pass, keep score; generate: greedy text
+    doc_keep_threshold: float = 0.5
+    doc_keep_fraction: float | None = None
+    doc_max_new_tokens: int = 16
+    chunk_max_new_tokens: int = 256
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int = 16_384
+    tensor_parallel: int = 1
+    api_base: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    request_timeout: float = 120.0
+    max_retries: int = 4
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,6 +71,12 @@ class RefineConfig:
             raise ConfigError(f"stages must be a non-empty subset of {STAGES}, got {self.stages!r}")
         if self.doc_truncation not in ("document", "reference"):
             raise ConfigError("doc_truncation must be 'document' or 'reference'")
+        if self.backend not in ("transformers", "vllm", "openai"):
+            raise ConfigError(f"backend must be transformers, vllm or openai, got {self.backend!r}")
+        if self.doc_scoring not in ("forward", "generate"):
+            raise ConfigError("doc_scoring must be 'forward' or 'generate'")
+        if self.doc_keep_fraction is not None and not 0 <= self.doc_keep_fraction <= 1:
+            raise ConfigError("doc_keep_fraction must be between 0 and 1")
         if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
 

@@ -119,6 +119,7 @@ class BatchProcessor:
             )
             output.records.append(refined.record)
             output.stats.add(refined, _drop_reason(doc_result, doc_w, chunk_result))
+            output.stats.programmer_failures += "failed" in doc_w.info or "failed" in chunk_w.info
         if self.tokenizer is not None:
             count = _token_counter(self.tokenizer)
             output.stats.tokens_before += count([d.text for d in originals])

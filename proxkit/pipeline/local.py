@@ -210,6 +210,12 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
     finally:
         bar.close()
         rejects.close()
+    for stage, programmer in (
+        ("doc", processor.doc_programmer),
+        ("chunk", processor.chunk_programmer),
+    ):
+        if hasattr(programmer, "stats"):
+            stats.programmers[stage] = programmer.stats()
     paths.stats.parent.mkdir(parents=True, exist_ok=True)
     paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
     paths.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

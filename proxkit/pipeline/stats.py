@@ -32,6 +32,8 @@ class RunStats:
     words_after: int = 0
     tokens_before: int = 0  # counted only when a tokenizer is configured
     tokens_after: int = 0
+    programmer_failures: int = 0  # documents kept unrefined because a model call failed
+    programmers: dict = field(default_factory=dict)  # per stage, e.g. program cache hit rate
 
     def add(self, refined: Refined, drop_reason: str | None = None) -> None:
         text = refined.text
@@ -63,7 +65,7 @@ class RunStats:
     def merge(self, other: RunStats) -> None:
         for name, value in vars(other).items():
             current = getattr(self, name)
-            if isinstance(current, Counter):
+            if isinstance(current, (Counter, dict)):
                 current.update(value)
             else:
                 setattr(self, name, current + value)
@@ -108,6 +110,16 @@ class RunStats:
             ("characters before -> after", f"{self.chars_before:,} -> {self.chars_after:,}"),
             ("words before -> after", f"{self.words_before:,} -> {self.words_after:,}"),
         ]
+        if self.programmer_failures:
+            rows.append(("programmer failures (kept unrefined)", f"{self.programmer_failures:,}"))
+        for stage, numbers in sorted(self.programmers.items()):
+            if numbers.get("prompts"):
+                rows.append(
+                    (
+                        f"{stage} prompts (cache hits)",
+                        f"{numbers['prompts']:,} ({numbers['cache_hit_rate']:.1%})",
+                    )
+                )
         if self.tokens_before:
             rows.append(
                 ("tokens before -> after", f"{self.tokens_before:,} -> {self.tokens_after:,}")

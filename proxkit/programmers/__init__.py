@@ -1,8 +1,9 @@
 """Programmers write ProX programs: one module per backend behind `base.Programmer`.
 
 `make_programmer(spec, config)` turns a CLI/config value into a programmer:
-`rules` / `rules:NAME,...` (classic heuristics, no model) or `stored` (programs already in
-the records).
+`rules` / `rules:NAME,...` (classic heuristics, no model), `stored` (programs already in
+the records), or a model: a Hub id or folder (transformers or vLLM backend) or a model name
+served by an OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -31,10 +32,71 @@ def make_programmer(spec: str, config: RefineConfig | None = None) -> Programmer
         from proxkit.programmers.stored import StoredProgrammer
 
         return StoredProgrammer()
-    raise UnknownProgrammer(
-        f"unknown programmer {spec!r}: use 'rules' (heuristics, no model) or 'stored' "
-        "(programs already in metadata.doc_program / metadata.chunk_program)"
+    return make_model_programmer(spec, config)
+
+
+def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Programmer:
+    """A model (Hub id, local folder, or served model name) behind the configured backend."""
+    from proxkit.config import RefineConfig
+    from proxkit.programmers.lm import DocScoring, LMProgrammer
+
+    config = config or RefineConfig()
+    if config.backend == "openai":
+        from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
+
+        backend = OpenAIBackend(
+            spec,
+            OpenAISettings(
+                api_base=config.api_base,
+                api_key_env=config.api_key_env,
+                max_concurrency=config.max_concurrency,
+                timeout=config.request_timeout,
+                max_retries=config.max_retries,
+            ),
+            tokenizer=config.tokenizer,
+        )
+    elif config.backend == "vllm":
+        from proxkit.programmers.vllm import VLLMBackend
+
+        backend = VLLMBackend(spec, tensor_parallel=config.tensor_parallel, dtype=config.dtype)
+    else:
+        from proxkit.programmers.hf import HFSettings, TransformersBackend
+
+        if not _looks_like_model(spec):
+            raise UnknownProgrammer(
+                f"unknown programmer {spec!r}: use 'rules' (heuristics, no model), 'stored' "
+                "(programs already in the records), or a model folder / Hub id (owner/name)"
+            )
+        backend = TransformersBackend(
+            spec,
+            HFSettings(device=config.device, dtype=config.dtype, batch_tokens=config.batch_tokens),
+        )
+    scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)
+    return LMProgrammer(
+        backend,
+        scoring,
+        max_chunk_tokens=config.max_chunk_tokens,
+        max_doc_tokens=config.max_doc_tokens,
+        doc_truncation=config.doc_truncation,  # type: ignore[arg-type]
+        doc_max_new_tokens=config.doc_max_new_tokens,
+        chunk_max_new_tokens=config.chunk_max_new_tokens,
     )
 
 
-__all__ = ["STAGES", "Programmer", "Stage", "UnknownProgrammer", "Written", "make_programmer"]
+def _looks_like_model(spec: str) -> bool:
+    from pathlib import Path
+
+    return Path(spec).expanduser().is_dir() or (
+        spec.count("/") == 1 and not spec.startswith((".", "/"))
+    )
+
+
+__all__ = [
+    "STAGES",
+    "Programmer",
+    "Stage",
+    "UnknownProgrammer",
+    "Written",
+    "make_model_programmer",
+    "make_programmer",
+]

@@ -1,0 +1,241 @@
+"""Language-model programmers: what every model backend shares.
+
+A backend (transformers, vLLM, an OpenAI-compatible server) only has to turn prompts into
+completions, and, for the one-pass doc level, give next-token log-probabilities. This module
+builds the exact prompts (`proxkit.prompts`), chunks documents (`proxkit.chunking`), sends each
+distinct prompt once (boilerplate chunks recur across a crawl), joins the per-chunk programs of
+a document with "\\n" as the reference does, and turns doc-level scores into programs.
+
+Doc level in one forward pass: the answer is `keep_doc()` or `drop_doc()`, so instead of
+generating, the backend returns the log-probabilities of the two answers' first differing
+token after the prompt; `keep_score` = p(keep) / (p(keep) + p(drop)). With the default
+threshold of 0.5 this picks the program greedy decoding would write.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxkit.chunking import Chunker
+from proxkit.io.readers import Document
+from proxkit.programmers.base import Stage, Written
+from proxkit.prompts import Prompt, Truncation, chunk_prompts, doc_prompts
+from proxkit.tokenizer import TokenizerInfo
+
+KEEP, DROP = "keep_doc()", "drop_doc()"
+ANSWER_CONTEXT = 64
+
+
+class Backend(Protocol):
+    """What a model backend provides."""
+
+    name: str
+    tokenizer: TokenizerInfo
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+        """Greedy completions, in input order; a failed request is raised as GenerationError
+        or returned as an exception instance in its slot."""
+        ...
+
+    def next_token_logprobs(
+        self, prompts: Sequence[Prompt], candidates: Sequence[int]
+    ) -> list[list[float]]:
+        """For each prompt, the log-probability of each candidate token id as the next token."""
+        ...
+
+
+class GenerationError(RuntimeError):
+    """A model call that failed for good (after retries); the document is kept unrefined."""
+
+
+@dataclass(frozen=True)
+class DocScoring:
+    """How the doc level decides: `forward` (one pass, scores) or `generate` (greedy text).
+
+    `keep_threshold`: drop when keep_score < this. `keep_fraction`: instead keep the best
+    scoring fraction of each batch (a streaming approximation of a corpus-wide quantile).
+    """
+
+    method: str = "forward"
+    keep_threshold: float = 0.5
+    keep_fraction: float | None = None
+
+
+@dataclass
+class ProgramCache:
+    """Completions of prompts already seen, bounded; counts hits for the run summary."""
+
+    max_entries: int = 100_000
+    entries: dict[str, str] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def split(self, prompts: Sequence[Prompt]) -> tuple[list[str | None], list[int]]:
+        """Known completions (None where unknown) and the indices of distinct unknown prompts."""
+        known: list[str | None] = []
+        first_seen: dict[str, int] = {}
+        todo: list[int] = []
+        for index, prompt in enumerate(prompts):
+            cached = self.entries.get(prompt.text)
+            known.append(cached)
+            if cached is not None:
+                self.hits += 1
+            elif prompt.text in first_seen:
+                self.hits += 1  # the same prompt twice in one batch is sent once
+            else:
+                first_seen[prompt.text] = index
+                todo.append(index)
+                self.misses += 1
+        return known, todo
+
+    def store(self, prompt: Prompt, completion: str) -> None:
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[prompt.text] = completion
+
+
+def answer_tokens(tokenizer: TokenizerInfo, prompt_text: str) -> tuple[list[int], int, int]:
+    """(shared prefix, keep token, drop token): where the two answers first differ after the
+    prompt, tokenized as the model sees them (answer after a space, as in the chat format)."""
+    encode = tokenizer.backend.encode
+    base = encode(prompt_text, add_special_tokens=False).ids
+    keep = encode(f"{prompt_text} {KEEP}", add_special_tokens=False).ids[len(base) :]
+    drop = encode(f"{prompt_text} {DROP}", add_special_tokens=False).ids[len(base) :]
+    for index, (k, d) in enumerate(zip(keep, drop)):
+        if k != d:
+            return keep[:index], k, d
+    raise ValueError("keep_doc() and drop_doc() tokenize identically")
+
+
+class LMProgrammer:
+    """A programmer backed by a language model (see `Backend`)."""
+
+    parallel = False  # holds a model: runs in the main process, batches go to the backend
+
+    def __init__(
+        self,
+        backend: Backend,
+        doc_scoring: DocScoring = DocScoring(),
+        max_chunk_tokens: int = 1500,
+        max_doc_tokens: int = 2000,
+        doc_truncation: Truncation = "document",
+        doc_max_new_tokens: int = 16,
+        chunk_max_new_tokens: int = 256,
+        cache_entries: int = 100_000,
+    ) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.tokenizer = backend.tokenizer
+        self.doc_scoring = doc_scoring
+        self.max_doc_tokens = max_doc_tokens
+        self.doc_truncation = doc_truncation
+        self.doc_max_new_tokens = doc_max_new_tokens
+        self.chunk_max_new_tokens = chunk_max_new_tokens
+        self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
+        self.cache = ProgramCache(cache_entries)
+        self.answers: dict[str, tuple[list[int], int, int]] = {}
+
+    def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
+        if stage == "doc":
+            return self._doc(documents)
+        return self._chunk(documents)
+
+    def _complete(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:
+        """Completions through the cache; failures come back as exceptions in their slot."""
+        known, todo = self.cache.split(prompts)
+        if todo:
+            outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens)
+            for index, output in zip(todo, outputs):
+                if not isinstance(output, Exception):
+                    output = output.strip(" ")
+                    self.cache.store(prompts[index], output)
+                known[index] = output  # type: ignore[call-overload]
+        by_text = {prompts[i].text: known[i] for i in todo}
+        return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]  # type: ignore[misc]
+
+    def _doc(self, documents: Sequence[Document]) -> list[Written]:
+        prompts = doc_prompts(
+            [d.text for d in documents], self.tokenizer, self.max_doc_tokens, self.doc_truncation
+        )
+        truncated = [p.truncated for p in prompts]
+        if self.doc_scoring.method == "generate" or not hasattr(
+            self.backend, "next_token_logprobs"
+        ):
+            outputs = self._complete(prompts, self.doc_max_new_tokens)
+            return [
+                _written(o, {"truncated_prompt": t} if t else {})
+                for o, t in zip(outputs, truncated)
+            ]
+        scores = self._keep_scores(prompts)
+        drop = self._drops(scores)
+        return [
+            Written(
+                DROP if dropped else KEEP,
+                {"keep_score": round(score, 6), **({"truncated_prompt": True} if t else {})},
+            )
+            for score, dropped, t in zip(scores, drop, truncated)
+        ]
+
+    def _keep_scores(self, prompts: Sequence[Prompt]) -> list[float]:
+        # Prompts sharing the answers' tokenization are scored together; with Llama's
+        # tokenizer every prompt ends in "[/INST]" and shares one (prefix, keep, drop).
+        groups: dict[tuple[tuple[int, ...], int, int], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            tail = prompt.text[-ANSWER_CONTEXT:]  # only the prompt's end decides the answer tokens
+            if tail not in self.answers:
+                self.answers[tail] = answer_tokens(self.tokenizer, tail)
+            prefix, keep, drop = self.answers[tail]
+            groups.setdefault((tuple(prefix), keep, drop), []).append(index)
+        results: dict[int, float] = {}
+        for (prefix, keep, drop), indices in groups.items():
+            extended = [Prompt(prompts[i].text, prompts[i].token_ids + prefix) for i in indices]
+            for index, (keep_lp, drop_lp) in zip(
+                indices, self.backend.next_token_logprobs(extended, [keep, drop])
+            ):
+                results[index] = 1.0 / (1.0 + math.exp(drop_lp - keep_lp))
+        return [results[i] for i in range(len(prompts))]
+
+    def _drops(self, scores: list[float]) -> list[bool]:
+        fraction = self.doc_scoring.keep_fraction
+        if fraction is None:
+            return [score < self.doc_scoring.keep_threshold for score in scores]
+        keep_count = round(fraction * len(scores))
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        kept = set(order[:keep_count])
+        return [i not in kept for i in range(len(scores))]
+
+    def _chunk(self, documents: Sequence[Document]) -> list[Written]:
+        per_document = self.chunker([d.text for d in documents])
+        flat = [chunk for chunks in per_document for chunk in chunks]
+        outputs = iter(
+            self._complete(chunk_prompts(flat, self.tokenizer), self.chunk_max_new_tokens)
+        )
+        written = []
+        for chunks in per_document:
+            results = [next(outputs) for _ in chunks]
+            failures = [str(r) for r in results if isinstance(r, Exception)]
+            if failures:
+                # Nothing is guessed: the document stays unrefined and says why.
+                written.append(
+                    Written(None, {"failed": failures[0], "failed_chunks": len(failures)})
+                )
+            else:
+                written.append(Written("\n".join(results), {"chunks": len(chunks)}))  # type: ignore[arg-type]
+        return written
+
+    def stats(self) -> dict[str, Any]:
+        total = self.cache.hits + self.cache.misses
+        return {
+            "prompts": total,
+            "cache_hits": self.cache.hits,
+            "cache_hit_rate": round(self.cache.hits / total, 4) if total else 0.0,
+        }
+
+
+def _written(output: str | Exception, info: dict[str, Any]) -> Written:
+    if isinstance(output, Exception):
+        return Written(None, {**info, "failed": str(output)})
+    return Written(output, info)

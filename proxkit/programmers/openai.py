@@ -1,0 +1,116 @@
+"""The OpenAI-compatible backend: any server with the `/v1/completions` API (vLLM, SGLang,
+llama.cpp server, TGI, hosted APIs).
+
+Requests run concurrently (bounded), each with a timeout, and are retried with exponential
+backoff and jitter on 429, 5xx, connection errors, timeouts and unreadable bodies. A request
+that still fails comes back as a `GenerationError` in its slot: the programmer keeps that
+document unrefined and records why, and the run goes on.
+
+Prompts are sent as text without their leading BOS token, because completion servers add BOS
+themselves (sending it as text would make the model read two). The tokenizer (for chunking
+and prompts) is the model's own: `--tokenizer` when the served model name is not a local
+folder or Hub id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxkit.programmers.lm import GenerationError
+from proxkit.prompts import Prompt
+from proxkit.tokenizer import TokenizerInfo, TokenizerNotFound, load_tokenizer
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    api_base: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    timeout: float = 120.0
+    max_retries: int = 4
+    backoff: float = 0.5  # seconds before the first retry; doubles, capped at 30 s
+
+
+class OpenAIBackend:
+    def __init__(self, model: str, settings: OpenAISettings, tokenizer: str | None = None) -> None:
+        if not settings.api_base:
+            raise ValueError("the openai backend needs --api-base (e.g. http://127.0.0.1:8000/v1)")
+        self.name = model
+        self.settings = settings
+        self.url = settings.api_base.rstrip("/") + "/completions"
+        try:
+            self.tokenizer: TokenizerInfo = load_tokenizer(tokenizer or model)
+        except TokenizerNotFound as exc:
+            raise TokenizerNotFound(
+                f"{exc}; for a served model, pass its tokenizer with --tokenizer FOLDER_OR_HUB_ID"
+            ) from exc
+        key = os.environ.get(settings.api_key_env)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _prompt_text(self, prompt: Prompt) -> str:
+        bos = self.tokenizer.bos_token
+        return prompt.text[len(bos) :] if bos and prompt.text.startswith(bos) else prompt.text
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:  # type: ignore[override]
+        return asyncio.run(self._generate_all(prompts, max_new_tokens))
+
+    async def _generate_all(
+        self, prompts: Sequence[Prompt], max_new_tokens: int
+    ) -> list[str | Exception]:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.settings.max_concurrency)
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        async with httpx.AsyncClient(
+            limits=limits, timeout=self.settings.timeout, headers=self.headers
+        ) as client:
+
+            async def one(prompt: Prompt) -> str | Exception:
+                async with semaphore:
+                    return await self._complete(client, self._prompt_text(prompt), max_new_tokens)
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    async def _complete(self, client, prompt: str, max_new_tokens: int) -> str | Exception:
+        import httpx
+
+        payload = {
+            "model": self.name,
+            "prompt": prompt,
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0,
+        }
+        reason = "no attempt made"
+        for attempt in range(self.settings.max_retries + 1):
+            if attempt:
+                delay = min(self.settings.backoff * 2 ** (attempt - 1), 30.0)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+            try:
+                response = await client.post(self.url, json=payload)
+            except httpx.TimeoutException:
+                reason = f"timed out after {self.settings.timeout:g} s"
+                continue
+            except httpx.TransportError as exc:
+                reason = f"connection error: {type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRY_STATUS:
+                reason = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code >= 400:
+                return GenerationError(f"HTTP {response.status_code}: {response.text[:200]}")
+            try:
+                text = response.json()["choices"][0]["text"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                reason = f"unreadable response body: {response.text[:200]!r}"
+                continue
+            if not isinstance(text, str):
+                reason = f"response text is not a string: {text!r}"[:200]
+                continue
+            return text
+        return GenerationError(f"gave up after {self.settings.max_retries + 1} attempts: {reason}")

@@ -1,0 +1,129 @@
+"""A real OpenAI-compatible completions server for the tests, with faults on demand.
+
+    python tests/openai_server.py [--model FOLDER]   # prints "READY <port>" when listening
+
+Without --model it answers like a scripted refining model: doc prompts get drop_doc() when the
+document holds "SPAM", else keep_doc(); chunk prompts get remove_lines() for numbered lines
+holding "MENU", else keep_doc(). With --model it serves a local causal LM through the
+transformers backend, so real model outputs cross the real API.
+
+Faults are asked for by markers in the prompt, counted per distinct prompt:
+  FAULT:500xN     the first N requests get HTTP 500        FAULT:always500  every request does
+  FAULT:dropxN    the first N connections are cut          FAULT:garbagexN  200 with a non-JSON body
+  FAULT:slowxN    the first N answers come after 3 s       FAULT:400        a client error, never retried
+GET /stats returns {"requests": n, "distinct_prompts": m}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULT = re.compile(r"FAULT:(500|drop|garbage|slow)x(\d+)|FAULT:(always500|400)")
+
+
+def scripted(prompt: str) -> str:
+    if "[doc]" not in prompt:
+        return "drop_doc()" if "SPAM" in prompt else "keep_doc()"
+    program = []
+    for match in re.finditer(r"^\[(\d+)\](.*)$", prompt, re.MULTILINE):
+        if "MENU" in match.group(2):
+            line = int(match.group(1))
+            program.append(f"remove_lines(line_start={line}, line_end={line})")
+    return "\n".join(program) or "keep_doc()"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", help="serve this local model instead of the script")
+    args = parser.parse_args()
+    answer = scripted
+    if args.model:
+        from proxkit.programmers.hf import TransformersBackend
+        from proxkit.prompts import Prompt
+
+        backend = TransformersBackend(args.model)
+        lock = threading.Lock()
+
+        def answer(prompt: str, max_tokens: int = 16) -> str:  # type: ignore[misc]
+            ids = backend.tokenizer.backend.encode(prompt).ids  # the server adds BOS
+            with lock:
+                return backend.generate([Prompt(prompt, tuple(ids))], max_tokens)[0]
+
+    attempts: Counter[str] = Counter()
+    totals = {"requests": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            # The client may have given up on a slow answer: expected with FAULT:slow.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path.endswith("/stats"):
+                with lock:
+                    body = {"requests": totals["requests"], "distinct_prompts": len(attempts)}
+                self._send(200, json.dumps(body).encode())
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            request = json.loads(self.rfile.read(length))
+            prompt = request["prompt"]
+            with lock:
+                totals["requests"] += 1
+                attempts[prompt] += 1
+                attempt = attempts[prompt]
+            fault = FAULT.search(prompt)
+            if fault:
+                kind, times, always = fault.group(1), int(fault.group(2) or 0), fault.group(3)
+                if always == "always500" or (kind == "500" and attempt <= times):
+                    return self._send(500, b'{"error": "injected server error"}')
+                if always == "400":
+                    return self._send(400, b'{"error": "injected bad request"}')
+                if kind == "drop" and attempt <= times:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return None
+                if kind == "garbage" and attempt <= times:
+                    return self._send(200, b"<html>502 from a proxy", "text/html")
+                if kind == "slow" and attempt <= times:
+                    time.sleep(3)
+            text = answer(prompt, request.get("max_tokens", 16)) if args.model else answer(prompt)
+            body = {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "model": request.get("model"),
+                "choices": [{"index": 0, "text": " " + text, "finish_reason": "stop"}],
+            }
+            return self._send(200, json.dumps(body).encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

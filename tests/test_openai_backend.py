@@ -1,0 +1,133 @@
+"""The OpenAI-compatible backend against a real HTTP server process on 127.0.0.1, with injected
+faults: slow answers, 500s, cut connections, garbage bodies, client errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from proxkit.config import RefineConfig
+from proxkit.pipeline.local import run_local
+from proxkit.program import Thresholds
+
+from conftest import LLAMA2
+
+SERVER = Path(__file__).with_name("openai_server.py")
+BODY = "A sentence of ordinary article text that should stay in place.\n"
+
+
+def start_server(*args: str):
+    process = subprocess.Popen(
+        [sys.executable, str(SERVER), *args], stdout=subprocess.PIPE, text=True
+    )
+    line = process.stdout.readline()
+    assert line.startswith("READY"), line
+    return process, f"http://127.0.0.1:{line.split()[1]}/v1"
+
+
+@pytest.fixture
+def server():
+    process, url = start_server()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def page(marker: str = "", spam: bool = False) -> str:
+    lines = [
+        "MENU Home | About",
+        BODY.strip() + f" {marker}".rstrip(),
+        BODY.strip(),
+        "MENU Contact",
+    ]
+    return "\n".join(lines + (["SPAM SPAM"] if spam else []))
+
+
+def refine(tmp_path: Path, url: str, docs: dict[str, str], **overrides) -> tuple[list[dict], dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs.items()))
+    config = RefineConfig(
+        inputs=(str(source),),
+        output=str(tmp_path / "out"),
+        doc_programmer="scripted-refiner",
+        chunk_programmer="scripted-refiner",
+        backend="openai",
+        api_base=url,
+        tokenizer=str(LLAMA2),
+        request_timeout=1.0,
+        max_retries=3,
+        output_format="jsonl",
+        thresholds=Thresholds(short_doc_words=3),
+        **overrides,
+    )
+    stats = run_local(config, progress=False)
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "part-00000.jsonl").read_text().splitlines()
+    ]
+    return records, stats.to_dict()
+
+
+def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir):
+    docs = {
+        "plain": page(),
+        "twice": page(),  # the same prompts again: served from the program cache
+        "spam": page(spam=True),
+        "flaky500": page("FAULT:500x2"),
+        "dropped-connection": page("FAULT:dropx1"),
+        "garbage-body": page("FAULT:garbagex2"),
+        "slow": page("FAULT:slowx1"),
+        "always-failing": page("FAULT:always500"),
+        "bad-request": page("FAULT:400"),
+    }
+    records, stats = refine(tmp_path, server, docs)
+    by_id = {r["id"]: r for r in records}
+    assert list(by_id) == list(docs)  # every document, in order
+    for name in ("plain", "twice", "flaky500", "dropped-connection", "garbage-body", "slow"):
+        record = by_id[name]
+        assert record["metadata"]["chunk_program"] == (
+            "remove_lines(line_start=0, line_end=0)\nremove_lines(line_start=3, line_end=3)"
+        ), name
+        assert "MENU" not in record["text"] and record["text"].count("ordinary article") == 2
+    assert by_id["spam"]["text"] == "" and by_id["spam"]["metadata"]["doc_program"] == "drop_doc()"
+    for name, reason in (("always-failing", "HTTP 500"), ("bad-request", "HTTP 400")):
+        record = by_id[name]
+        assert record["text"] == docs[name]  # kept unrefined, never lost
+        assert reason in record["metadata"]["prox"]["doc_info"]["failed"]
+        assert reason in record["metadata"]["prox"]["chunk_info"]["failed"]
+    assert stats["programmer_failures"] == 2
+    assert stats["programmers"]["doc"]["cache_hits"] == 1  # "twice" repeats "plain"
+    served = json.loads(urllib.request.urlopen(server.removesuffix("/v1") + "/stats").read())
+    # one request per distinct prompt, plus the retries the faults forced
+    assert (
+        served["distinct_prompts"]
+        == stats["programmers"]["doc"]["prompts"] + stats["programmers"]["chunk"]["prompts"] - 2
+    )
+    # each faulty document has a doc prompt and a chunk prompt carrying the marker
+    retries = {"500x2": 2, "dropx1": 1, "garbagex2": 2, "slowx1": 1, "always500": 3}
+    assert served["requests"] == served["distinct_prompts"] + 2 * sum(retries.values())
+
+
+def test_a_real_model_behind_the_api(tmp_path, llama2_dir, request):
+    pytest.importorskip("torch")
+    from tiny_model import build_tiny_model, make_documents
+
+    model = build_tiny_model(tmp_path / "model", llama2_dir, steps=120)
+    process, url = start_server("--model", str(model))
+    try:
+        pairs = make_documents(8, 5)
+        records, _ = refine(
+            tmp_path / "run", url, {str(i): t for i, (t, _) in enumerate(pairs)}, stages=("doc",)
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert [r["metadata"]["doc_program"] for r in records] == [
+        "keep_doc()" if k else "drop_doc()" for _, k in pairs
+    ]
