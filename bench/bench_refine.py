@@ -64,6 +64,10 @@ def run(input_path: Path, output: Path, workers: int) -> tuple[float, int]:
         str(workers),
         "--overwrite",
         "-q",
+        "--doc-programmer",
+        "rules",
+        "--chunk-programmer",
+        "rules",
     ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -24,8 +24,8 @@ app = typer.Typer(
     help="ProX corpus refining: a small program for every document, executed.",
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 Inputs = Annotated[
     list[str],
@@ -155,14 +155,14 @@ def refine(
         str | None,
         typer.Option(
             "--doc-programmer",
-            help="Who writes doc-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id such as gair-prox/web-doc-refining-lm). [default: rules]",
+            help="Who writes doc-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id). [default: gair-prox/web-doc-refining-lm]",
         ),
     ] = None,
     chunk_programmer: Annotated[
         str | None,
         typer.Option(
             "--chunk-programmer",
-            help="Who writes chunk-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id such as gair-prox/web-chunk-refining-lm). [default: rules]",
+            help="Who writes chunk-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id). [default: gair-prox/web-chunk-refining-lm]",
         ),
     ] = None,
     stages: Annotated[

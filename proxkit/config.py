@@ -29,8 +29,8 @@ class ConfigError(ValueError):
 class RefineConfig:
     inputs: tuple[str, ...] = ()
     output: str = ""
-    doc_programmer: str = "rules"
-    chunk_programmer: str = "rules"
+    doc_programmer: str = "gair-prox/web-doc-refining-lm"  # the released ProX refining models
+    chunk_programmer: str = "gair-prox/web-chunk-refining-lm"
     stages: tuple[str, ...] = STAGES
     mode: Mode = "strict"
     thresholds: Thresholds = field(default_factory=Thresholds)

@@ -14,6 +14,7 @@ import pytest
 from conftest import EXAMPLES, read_jsonl, write_jsonl
 
 CORPUS = EXAMPLES / "web_docs.jsonl.gz"
+RULES = ("--doc-programmer", "rules", "--chunk-programmer", "rules")
 
 
 def prox(*args: str) -> subprocess.CompletedProcess:
@@ -31,6 +32,7 @@ def refined(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("refine") / "out"
     result = prox(
         "refine",
+        *RULES,
         str(CORPUS),
         "-o",
         str(out),
@@ -100,7 +102,7 @@ def test_execute_on_the_output_reproduces_it(refined, tmp_path):
 
 
 def test_existing_output_is_refused_unless_overwrite(refined):
-    result = prox("refine", str(CORPUS), "-o", str(refined), "--limit", "5", "-q")
+    result = prox("refine", *RULES, str(CORPUS), "-o", str(refined), "--limit", "5", "-q")
     assert result.returncode == 2 and "--overwrite" in result.stderr
 
 
@@ -108,6 +110,7 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path):
     for workers in ("1", "2"):
         result = prox(
             "refine",
+            *RULES,
             str(CORPUS),
             "-o",
             str(tmp_path / workers),
@@ -164,7 +167,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path):
     )
     payload = gzip.compress(b'{"id": "x", "text": "y"}\n' * 5000)
     (inputs / "b.jsonl.gz").write_bytes(payload[: len(payload) // 3])
-    result = prox("refine", str(inputs), "-o", str(tmp_path / "out"), "-q")
+    result = prox("refine", *RULES, str(inputs), "-o", str(tmp_path / "out"), "-q")
     assert result.returncode == 0, result.stderr
     assert "b.jsonl.gz: file unreadable after line" in result.stderr
     assert "a.jsonl:2: record has no 'text' field" in result.stderr
@@ -188,9 +191,13 @@ def test_unusable_inputs_and_options_fail_clearly(tmp_path):
     )
     (tmp_path / "only_bad.jsonl").write_text("not json\n")
     nothing_read = prox(
-        "refine", str(tmp_path / "only_bad.jsonl"), "-o", str(tmp_path / "o4"), "-q"
+        "refine", *RULES, str(tmp_path / "only_bad.jsonl"), "-o", str(tmp_path / "o4"), "-q"
     )
     assert nothing_read.returncode == 1 and "no document could be read" in nothing_read.stderr
+    offline = prox("refine", str(CORPUS), "-o", str(tmp_path / "o5"), "-q")  # the default models
+    assert offline.returncode == 2
+    assert "could not load model 'gair-prox/web-doc-refining-lm'" in offline.stderr
+    assert "--doc-programmer rules" in offline.stderr
 
 
 def test_token_counts_with_a_tokenizer(tmp_path, llama2_dir):
@@ -198,6 +205,7 @@ def test_token_counts_with_a_tokenizer(tmp_path, llama2_dir):
 
     result = prox(
         "refine",
+        *RULES,
         str(CORPUS),
         "-o",
         str(tmp_path / "out"),
