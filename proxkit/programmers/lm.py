@@ -66,16 +66,16 @@ class DocScoring:
 
 @dataclass
 class ProgramCache:
-    """Completions of prompts already seen, bounded; counts hits for the run summary."""
+    """Results (completions, keep scores) of prompts already seen, bounded; counts hits."""
 
     max_entries: int = 100_000
-    entries: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, Any] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
     def split(self, prompts: Sequence[Prompt]) -> tuple[list[str | None], list[int]]:
         """Known completions (None where unknown) and the indices of distinct unknown prompts."""
-        known: list[str | None] = []
+        known: list[Any] = []
         first_seen: dict[str, int] = {}
         todo: list[int] = []
         for index, prompt in enumerate(prompts):
@@ -91,10 +91,10 @@ class ProgramCache:
                 self.misses += 1
         return known, todo
 
-    def store(self, prompt: Prompt, completion: str) -> None:
+    def store(self, prompt: Prompt, result: Any) -> None:
         if len(self.entries) >= self.max_entries:
             self.entries.clear()
-        self.entries[prompt.text] = completion
+        self.entries[prompt.text] = result
 
 
 def answer_tokens(tokenizer: TokenizerInfo, prompt_text: str) -> tuple[list[int], int, int]:
@@ -180,6 +180,16 @@ class LMProgrammer:
         ]
 
     def _keep_scores(self, prompts: Sequence[Prompt]) -> list[float]:
+        """Keep scores through the cache: each distinct prompt is scored once."""
+        known, todo = self.cache.split(prompts)
+        if todo:
+            for index, score in zip(todo, self._score([prompts[i] for i in todo])):
+                self.cache.store(prompts[index], score)
+                known[index] = score
+        by_text = {prompts[i].text: known[i] for i in todo}
+        return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]
+
+    def _score(self, prompts: Sequence[Prompt]) -> list[float]:
         # Prompts sharing the answers' tokenization are scored together; with Llama's
         # tokenizer every prompt ends in "[/INST]" and shares one (prefix, keep, drop).
         groups: dict[tuple[tuple[int, ...], int, int], list[int]] = {}

@@ -1,0 +1,187 @@
+"""Benchmark a model programmer on a model of the released 0.3B refining LM's shape.
+
+Shape: Llama, 24 layers, hidden 1280, 16 heads, 1 KV head, MLP 2048, vocabulary 32000 (random
+weights: speed does not depend on them). Reports, in one run on the same prompts:
+- the fp32 matrix-multiply peak of this machine (torch, all threads), the reference;
+- prefill tokens/s and achieved GFLOP/s of the model's forward pass, as a fraction of that peak;
+- doc level: one forward pass (keep score) against greedy generation of the answer as a
+  trained model writes it (`keep_doc()` is 4 tokens with the Llama-2 tokenizer, then EOS).
+
+    python bench/bench_lm.py [--docs 16] [--doc-tokens 512] [--device cpu] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = dict(
+    hidden_size=1280,
+    intermediate_size=2048,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    num_key_value_heads=1,
+    vocab_size=32000,
+)
+
+
+def matmul_peak(torch, device: str, dtype) -> float:
+    """Best GFLOP/s of square and model-shaped products."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (4096, 1280, 2048), (4096, 2048, 1280), (4096, 1280, 1280)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        repeats = 5
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def forward_flops(tokens: int, sequence: int, batch: int) -> float:
+    """Matrix-multiply FLOPs of a prefill: linear layers on every token, attention scores and
+    values over the causal half of each sequence, and the LM head on the last position only."""
+    h, f, layers, heads, kv = 1280, 2048, 24, 16, 1
+    head_dim = h // heads
+    linear = h * h + 2 * h * kv * head_dim + h * h + 3 * h * f  # q, k, v, o, gate/up/down
+    attention = 2 * sequence * h / 2  # QK^T and AV per token, causal
+    return 2 * tokens * layers * (linear + attention) + 2 * batch * h * 32000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=8)
+    parser.add_argument(
+        "--doc-tokens",
+        type=int,
+        nargs="+",
+        default=[128, 512],
+        help="document lengths in tokens (about)",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from proxkit.io.readers import Document
+    from proxkit.programmers.hf import HFSettings, TransformersBackend
+    from proxkit.programmers.lm import DocScoring, LMProgrammer
+    from proxkit.prompts import doc_prompts
+
+    torch.manual_seed(0)
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    with tempfile.TemporaryDirectory() as folder:
+        config = LlamaConfig(**SHAPE, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
+        LlamaForCausalLM(config).save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(Path(args.tokenizer) / name, Path(folder) / name)
+        backend = TransformersBackend(
+            folder, HFSettings(device=args.device, dtype=str(dtype).split(".")[1])
+        )
+
+        vocabulary = [
+            "the",
+            "data",
+            "of",
+            "a",
+            "web",
+            "page",
+            "with",
+            "words",
+            "in",
+            "sentences",
+            "and",
+            "some",
+            "more",
+            "text",
+            "about",
+            "river",
+            "valley",
+            "towns",
+        ]
+        rng = random.Random(0)  # distinct documents: the program cache must not help either path
+        # What a trained model generates before it stops: the answer's tokens, then EOS.
+        encode = backend.tokenizer.backend.encode
+        probe = doc_prompts(["x"], backend.tokenizer)[0].text
+        answer = len(encode(probe + " keep_doc()").ids) - len(encode(probe).ids) + 1
+        peak = matmul_peak(torch, args.device, dtype)
+
+        def best(function) -> float:
+            """Best of several runs after a warm-up: this machine's timings are noisy."""
+            function()
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                function()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        rows = []
+        for length in args.doc_tokens:
+            texts = [
+                " ".join(rng.choice(vocabulary) for _ in range(int(length * 0.8)))
+                for _ in range(args.docs)
+            ]
+            documents = [Document(str(i), t, {}, "bench", i) for i, t in enumerate(texts)]
+            prompts = doc_prompts(texts, backend.tokenizer)
+            tokens = sum(len(p.token_ids) for p in prompts)
+            longest = max(len(p.token_ids) for p in prompts)
+            prefill = best(lambda prompts=prompts: backend.next_token_logprobs(prompts, [1, 2]))
+            achieved = forward_flops(tokens, longest, len(prompts)) / prefill / 1e9
+            # Fresh programmers per run: neither may answer from its program cache.
+            one_pass = best(
+                lambda d=documents: LMProgrammer(backend, DocScoring("forward")).write("doc", d)
+            )
+            generate = best(
+                lambda d=documents: LMProgrammer(
+                    backend, DocScoring("generate"), doc_max_new_tokens=answer
+                ).write("doc", d)
+            )
+            rows.append(
+                {
+                    "prompt tokens (mean)": round(tokens / len(prompts)),
+                    "prefill tokens/s": round(tokens / prefill, 1),
+                    "prefill GFLOP/s": round(achieved, 1),
+                    "fraction of matmul peak": round(achieved / peak, 3),
+                    "one-pass s": round(one_pass, 3),
+                    f"generate s ({answer} tokens)": round(generate, 3),
+                    "one-pass speed-up": round(generate / one_pass, 2),
+                }
+            )
+
+    print(
+        f"device {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
+        f"per length; matmul peak {peak:.1f} GFLOP/s"
+    )
+    header = list(rows[0])
+    print("  ".join(f"{h:>24}" for h in header))
+    for row in rows:
+        print("  ".join(f"{row[h]!s:>24}" for h in header))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
