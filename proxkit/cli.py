@@ -219,6 +219,13 @@ def refine(
             help="Doc level with a model: 'forward' (one forward pass, keep score in metadata) or 'generate' (greedy text, as the reference). [default: forward]",
         ),
     ] = None,
+    constrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--constrained/--no-constrained",
+            help="transformers backend: generation can only write valid programs (grammar-constrained decoding). [default: constrained]",
+        ),
+    ] = None,
     doc_keep_threshold: Annotated[
         float | None,
         typer.Option(
@@ -315,6 +322,7 @@ def refine(
         "tokenizer": tokenizer,
         "backend": backend,
         "doc_scoring": doc_scoring,
+        "constrained": constrained,
         "doc_keep_threshold": doc_keep_threshold,
         "doc_keep_fraction": doc_keep_fraction,
         "device": device,

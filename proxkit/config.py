@@ -49,6 +49,7 @@ class RefineConfig:
     # model programmers (a Hub id or folder as --doc-programmer / --chunk-programmer)
     backend: str = "transformers"  # transformers, vllm or openai
     doc_scoring: str = "forward"  # forward: one pass, keep score; generate: greedy text
+    constrained: bool = True  # grammar-constrained generation (transformers backend)
     doc_keep_threshold: float = 0.5
     doc_keep_fraction: float | None = None
     doc_max_new_tokens: int = 16

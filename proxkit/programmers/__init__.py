@@ -80,6 +80,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
         doc_truncation=config.doc_truncation,  # type: ignore[arg-type]
         doc_max_new_tokens=config.doc_max_new_tokens,
         chunk_max_new_tokens=config.chunk_max_new_tokens,
+        constrained=config.constrained,
     )
 
 

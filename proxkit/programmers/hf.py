@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxkit.programmers.grammar import GrammarProcessor, ProgramGrammar, TokenTrie
 from proxkit.prompts import Prompt
 from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
@@ -83,6 +84,7 @@ class TransformersBackend:
         eos = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.backend.token_to_id(eos) if eos else None
         self.pad_id = self.eos_id if self.eos_id is not None else 0
+        self.trie: TokenTrie | None = None  # built on the first constrained call
 
     def _padded(self, prompts: Sequence[Prompt]) -> tuple[Any, Any]:
         """Left-padded input ids and attention mask."""
@@ -95,10 +97,28 @@ class TransformersBackend:
             torch.tensor(mask, dtype=torch.long, device=self.device),
         )
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    supports_grammars = True
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int,
+        grammars: Sequence[ProgramGrammar] | None = None,
+    ) -> list[str]:
+        """Greedy completions; with `grammars`, each output can only be a valid program."""
+        from transformers import LogitsProcessorList
+
         outputs: list[str] = [""] * len(prompts)
         for batch in _batches(prompts, self.settings.batch_tokens, self.settings.max_batch_size):
             ids, mask = self._padded([prompts[i] for i in batch])
+            processors = None
+            if grammars is not None and self.eos_id is not None:
+                if self.trie is None:
+                    self.trie = TokenTrie(self.tokenizer.backend)
+                processor = GrammarProcessor(
+                    [grammars[i] for i in batch], self.trie, ids.shape[1], self.eos_id
+                )
+                processors = LogitsProcessorList([processor])
             with self.torch.inference_mode():
                 generated = self.model.generate(
                     input_ids=ids,
@@ -107,6 +127,7 @@ class TransformersBackend:
                     do_sample=False,
                     eos_token_id=self.eos_id,
                     pad_token_id=self.pad_id,
+                    logits_processor=processors,
                 )
             for index, row in zip(batch, generated[:, ids.shape[1] :].tolist()):
                 if self.eos_id is not None and self.eos_id in row:

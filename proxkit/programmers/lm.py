@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from proxkit.chunking import Chunker
 from proxkit.io.readers import Document
 from proxkit.programmers.base import Stage, Written
+from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, chunk_prompts, doc_prompts
 from proxkit.tokenizer import TokenizerInfo
 
@@ -125,6 +126,7 @@ class LMProgrammer:
         doc_max_new_tokens: int = 16,
         chunk_max_new_tokens: int = 256,
         cache_entries: int = 100_000,
+        constrained: bool = True,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -136,6 +138,8 @@ class LMProgrammer:
         self.chunk_max_new_tokens = chunk_max_new_tokens
         self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
         self.cache = ProgramCache(cache_entries)
+        # Grammar-constrained generation where the backend can do it (see grammar.py).
+        self.constrained = constrained and getattr(backend, "supports_grammars", False)
         self.answers: dict[str, tuple[list[int], int, int]] = {}
 
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
@@ -143,11 +147,21 @@ class LMProgrammer:
             return self._doc(documents)
         return self._chunk(documents)
 
-    def _complete(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:
+    def _complete(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int,
+        grammars: Sequence[ProgramGrammar] | None = None,
+    ) -> list[str | Exception]:
         """Completions through the cache; failures come back as exceptions in their slot."""
         known, todo = self.cache.split(prompts)
         if todo:
-            outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens)
+            if self.constrained and grammars is not None:
+                chosen = [grammars[i] for i in todo]
+                outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens, chosen)  # type: ignore[call-arg]
+                outputs = [complete_lines(g, o) for g, o in zip(chosen, outputs)]
+            else:
+                outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens)
             for index, output in zip(todo, outputs):
                 if not isinstance(output, Exception):
                     output = output.strip(" ")
@@ -164,7 +178,8 @@ class LMProgrammer:
         if self.doc_scoring.method == "generate" or not hasattr(
             self.backend, "next_token_logprobs"
         ):
-            outputs = self._complete(prompts, self.doc_max_new_tokens)
+            grammars = [ProgramGrammar("doc")] * len(prompts)
+            outputs = self._complete(prompts, self.doc_max_new_tokens, grammars)
             return [
                 _written(o, {"truncated_prompt": t} if t else {})
                 for o, t in zip(outputs, truncated)
@@ -220,9 +235,11 @@ class LMProgrammer:
     def _chunk(self, documents: Sequence[Document]) -> list[Written]:
         per_document = self.chunker([d.text for d in documents])
         flat = [chunk for chunks in per_document for chunk in chunks]
-        outputs = iter(
-            self._complete(chunk_prompts(flat, self.tokenizer), self.chunk_max_new_tokens)
-        )
+        grammars = [
+            ProgramGrammar("chunk", c.first_line, c.last_line, _chunk_content(c.text)) for c in flat
+        ]
+        prompts = chunk_prompts(flat, self.tokenizer)
+        outputs = iter(self._complete(prompts, self.chunk_max_new_tokens, grammars))
         written = []
         for chunks in per_document:
             results = [next(outputs) for _ in chunks]
@@ -243,6 +260,11 @@ class LMProgrammer:
             "cache_hits": self.cache.hits,
             "cache_hit_rate": round(self.cache.hits / total, 4) if total else 0.0,
         }
+
+
+def _chunk_content(numbered: str) -> str:
+    """A chunk's text without its `[NNN]` line numbers: where normalize sources must occur."""
+    return "\n".join(line.split("]", 1)[1] for line in numbered.split("\n"))
 
 
 def _written(output: str | Exception, info: dict[str, Any]) -> Written:

@@ -1,0 +1,121 @@
+"""Malformed-program rate with and without constrained decoding, on the same model and prompts.
+
+A program is malformed when the strict executor reports any error on its own chunk (parse
+errors, doc-level calls, lines outside the chunk). By default the model is a small Llama with
+random weights and the Llama-2 vocabulary (the worst case: it never learned the grammar);
+pass --model for a real refining model folder.
+
+    python bench/bench_constrained.py [--model FOLDER] [--chunks 24] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model")
+    parser.add_argument("--chunks", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from proxkit.chunking import Chunker
+    from proxkit.program import execute_chunk
+    from proxkit.programmers.grammar import ProgramGrammar, complete_lines
+    from proxkit.programmers.hf import TransformersBackend
+    from proxkit.programmers.lm import _chunk_content
+    from proxkit.prompts import chunk_prompts
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = args.model
+        if model is None:
+            torch.manual_seed(0)
+            config = LlamaConfig(
+                hidden_size=256,
+                intermediate_size=512,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                vocab_size=32000,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+            LlamaForCausalLM(config).save_pretrained(folder)
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                shutil.copy(Path(args.tokenizer) / name, Path(folder) / name)
+            model = folder
+        backend = TransformersBackend(model)
+        with gzip.open(REPO / "examples" / "web_docs.jsonl.gz", "rt") as handle:
+            texts = [json.loads(line)["text"] for _, line in zip(range(8), handle)]
+        chunks = [c for doc in Chunker(backend.tokenizer.backend, 400)(texts) for c in doc][
+            : args.chunks
+        ]
+        prompts = chunk_prompts(chunks, backend.tokenizer)
+        grammars = [
+            ProgramGrammar("chunk", c.first_line, c.last_line, _chunk_content(c.text))
+            for c in chunks
+        ]
+
+        def rates(outputs: list[str]) -> tuple[float, float]:
+            """(malformed: any executor error, empty: no complete line within the token limit)."""
+            bad = empty = 0
+            for output, chunk in zip(outputs, chunks):
+                body = "\n" * chunk.first_line + _chunk_content(chunk.text)
+                if not output.strip():
+                    empty += 1
+                else:
+                    bad += bool(execute_chunk(body, output.strip(" ")).errors)
+            return bad / len(outputs), empty / len(outputs)
+
+        start = time.perf_counter()
+        free = backend.generate(prompts, args.max_new_tokens)
+        free_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        constrained = [
+            complete_lines(g, o)
+            for g, o in zip(grammars, backend.generate(prompts, args.max_new_tokens, grammars))
+        ]
+        constrained_seconds = time.perf_counter() - start
+
+    rows = {
+        "model": args.model or "random-weight Llama, Llama-2 vocabulary",
+        "chunk prompts": len(prompts),
+        "malformed without constraints": round(rates(free)[0], 3),
+        "malformed with constraints": round(rates(constrained)[0], 3),
+        "no complete line within the limit, without": round(rates(free)[1], 3),
+        "no complete line within the limit, with": round(rates(constrained)[1], 3),
+        "seconds without": round(free_seconds, 2),
+        "seconds with": round(constrained_seconds, 2),
+        "example unconstrained output": free[0][:80],
+        "example constrained output": constrained[0][:80],
+    }
+    width = max(map(len, rows))
+    for name, value in rows.items():
+        print(
+            f"{name:{width}}  {value!r}" if isinstance(value, str) else f"{name:{width}}  {value}"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
