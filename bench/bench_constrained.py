@@ -41,7 +41,7 @@ def main() -> None:
     from proxkit.program import execute_chunk
     from proxkit.programmers.grammar import ProgramGrammar, complete_lines
     from proxkit.programmers.hf import TransformersBackend
-    from proxkit.programmers.lm import _chunk_content
+    from proxkit.programmers.lm import chunk_content
     from proxkit.prompts import chunk_prompts
 
     with tempfile.TemporaryDirectory() as folder:
@@ -70,7 +70,7 @@ def main() -> None:
         ]
         prompts = chunk_prompts(chunks, backend.tokenizer)
         grammars = [
-            ProgramGrammar("chunk", c.first_line, c.last_line, _chunk_content(c.text))
+            ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text))
             for c in chunks
         ]
 
@@ -78,7 +78,7 @@ def main() -> None:
             """(malformed: any executor error, empty: no complete line within the token limit)."""
             bad = empty = 0
             for output, chunk in zip(outputs, chunks):
-                body = "\n" * chunk.first_line + _chunk_content(chunk.text)
+                body = "\n" * chunk.first_line + chunk_content(chunk.text)
                 if not output.strip():
                     empty += 1
                 else:

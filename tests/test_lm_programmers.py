@@ -10,8 +10,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_model import build_tiny_model, make_documents
-
 from proxkit.config import RefineConfig
 from proxkit.io.readers import Document
 from proxkit.pipeline.local import run_local
@@ -19,6 +17,8 @@ from proxkit.programmers import make_programmer
 from proxkit.programmers.hf import ModelNotFound, TransformersBackend
 from proxkit.programmers.lm import DocScoring, LMProgrammer
 from proxkit.prompts import doc_prompts
+
+from tiny_model import build_tiny_model, make_documents
 
 
 @pytest.fixture(scope="session")

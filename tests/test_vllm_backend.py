@@ -9,12 +9,12 @@ pytest.importorskip("vllm")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU", allow_module_level=True)
 
-from tiny_model import build_tiny_model, make_documents  # noqa: E402
-
 from proxkit.io.readers import Document  # noqa: E402
 from proxkit.programmers.hf import TransformersBackend  # noqa: E402
 from proxkit.programmers.lm import DocScoring, LMProgrammer  # noqa: E402
 from proxkit.programmers.vllm import VLLMBackend  # noqa: E402
+
+from tiny_model import build_tiny_model, make_documents  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

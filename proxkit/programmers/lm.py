@@ -236,7 +236,7 @@ class LMProgrammer:
         per_document = self.chunker([d.text for d in documents])
         flat = [chunk for chunks in per_document for chunk in chunks]
         grammars = [
-            ProgramGrammar("chunk", c.first_line, c.last_line, _chunk_content(c.text)) for c in flat
+            ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in flat
         ]
         prompts = chunk_prompts(flat, self.tokenizer)
         outputs = iter(self._complete(prompts, self.chunk_max_new_tokens, grammars))
@@ -262,7 +262,7 @@ class LMProgrammer:
         }
 
 
-def _chunk_content(numbered: str) -> str:
+def chunk_content(numbered: str) -> str:
     """A chunk's text without its `[NNN]` line numbers: where normalize sources must occur."""
     return "\n".join(line.split("]", 1)[1] for line in numbered.split("\n"))
 
