@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,33 +33,25 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from proxkit.chunking import Chunker
     from proxkit.program import execute_chunk
     from proxkit.programmers.grammar import ProgramGrammar, complete_lines
     from proxkit.programmers.hf import TransformersBackend
     from proxkit.programmers.lm import chunk_content
     from proxkit.prompts import chunk_prompts
+    from proxkit.testing import random_llama
 
     with tempfile.TemporaryDirectory() as folder:
         model = args.model
         if model is None:
-            torch.manual_seed(0)
-            config = LlamaConfig(
+            shape = dict(
                 hidden_size=256,
                 intermediate_size=512,
                 num_hidden_layers=4,
                 num_attention_heads=4,
                 num_key_value_heads=1,
-                vocab_size=32000,
-                bos_token_id=1,
-                eos_token_id=2,
             )
-            LlamaForCausalLM(config).save_pretrained(folder)
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                shutil.copy(Path(args.tokenizer) / name, Path(folder) / name)
+            random_llama(Path(folder), Path(args.tokenizer), **shape)
             model = folder
         backend = TransformersBackend(model)
         with gzip.open(REPO / "examples" / "web_docs.jsonl.gz", "rt") as handle:

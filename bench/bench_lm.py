@@ -21,14 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = dict(
-    hidden_size=1280,
-    intermediate_size=2048,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    num_key_value_heads=1,
-    vocab_size=32000,
-)
 
 
 def matmul_peak(torch, device: str, dtype) -> float:
@@ -79,23 +71,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    import shutil
-
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from proxkit.io.readers import Document
     from proxkit.programmers.hf import HFSettings, TransformersBackend
     from proxkit.programmers.lm import DocScoring, LMProgrammer
     from proxkit.prompts import doc_prompts
+    from proxkit.testing import REFINING_LM_0_3B, random_llama
 
     torch.manual_seed(0)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     with tempfile.TemporaryDirectory() as folder:
-        config = LlamaConfig(**SHAPE, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
-        LlamaForCausalLM(config).save_pretrained(folder)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copy(Path(args.tokenizer) / name, Path(folder) / name)
+        random_llama(Path(folder), Path(args.tokenizer), **REFINING_LM_0_3B)
         backend = TransformersBackend(
             folder, HFSettings(device=args.device, dtype=str(dtype).split(".")[1])
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
 from proxkit.pipeline.local import OutputExists, RejectLog, RunPaths, run_local
 from proxkit.pipeline.stats import RunStats
+from proxkit.program import Thresholds
 from proxkit.programmers import UnknownProgrammer
 from proxkit.programmers.hf import ModelNotFound
 
@@ -136,6 +138,15 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
     _print_summary(stats, RunPaths.for_output(config.output), title)
     if stats.documents == 0 and stats.rejected:
         _fail("no document could be read; see the rejects above", code=1)
+
+
+CONFIG_KEYS = frozenset(f.name for f in fields(RefineConfig)) | {f.name for f in fields(Thresholds)}
+
+
+def _overrides(arguments: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """The configuration values given as flags: CLI parameters carry the config's own names,
+    so no flag can be forgotten on the way to the configuration."""
+    return {**{k: v for k, v in arguments.items() if k in CONFIG_KEYS}, **fixed}
 
 
 def _load(config_file: Path | None, overrides: dict[str, Any]) -> RefineConfig:
@@ -300,41 +311,7 @@ def refine(
     quiet: Quiet = False,
 ) -> None:
     """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization."""
-    overrides = {
-        "inputs": tuple(inputs),
-        "output": output,
-        "doc_programmer": doc_programmer,
-        "chunk_programmer": chunk_programmer,
-        "stages": stages,
-        "mode": mode,
-        "min_kept_ratio": min_kept_ratio,
-        "max_removed_ratio": max_removed_ratio,
-        "error_limit": error_limit,
-        "short_doc_words": short_doc_words,
-        "text_field": text_field,
-        "id_field": id_field,
-        "output_format": output_format,
-        "shard_bytes": _size(shard_size),
-        "batch_size": batch_size,
-        "workers": workers,
-        "limit": limit,
-        "overwrite": overwrite,
-        "tokenizer": tokenizer,
-        "backend": backend,
-        "doc_scoring": doc_scoring,
-        "constrained": constrained,
-        "doc_keep_threshold": doc_keep_threshold,
-        "doc_keep_fraction": doc_keep_fraction,
-        "device": device,
-        "dtype": dtype,
-        "batch_tokens": batch_tokens,
-        "tensor_parallel": tensor_parallel,
-        "api_base": api_base,
-        "api_key_env": api_key_env,
-        "max_concurrency": max_concurrency,
-        "request_timeout": request_timeout,
-        "max_retries": max_retries,
-    }
+    overrides = _overrides(locals(), inputs=tuple(inputs), shard_bytes=_size(shard_size))
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")
     stdout.print(
@@ -376,23 +353,13 @@ def execute(
     """
     if stage not in ("doc", "chunk", "both"):
         _fail(f"--stage must be doc, chunk or both, got {stage!r}")
-    overrides = {
-        "inputs": tuple(inputs),
-        "output": output,
-        "doc_programmer": "stored",
-        "chunk_programmer": "stored",
-        "stages": "doc,chunk" if stage == "both" else stage,
-        "mode": mode,
-        "min_kept_ratio": min_kept_ratio,
-        "max_removed_ratio": max_removed_ratio,
-        "error_limit": error_limit,
-        "short_doc_words": short_doc_words,
-        "text_field": text_field,
-        "id_field": id_field,
-        "workers": workers,
-        "limit": limit,
-        "overwrite": overwrite,
-    }
+    overrides = _overrides(
+        locals(),
+        inputs=tuple(inputs),
+        doc_programmer="stored",
+        chunk_programmer="stored",
+        stages="doc,chunk" if stage == "both" else stage,
+    )
     _run(_load(config_file, overrides), quiet, "prox execute")
 
 

@@ -179,3 +179,55 @@ def test_prompts_writes_one_record_per_model_call(tmp_path, llama2_dir):
     )
     docs = read_jsonl(tmp_path / "d.jsonl")
     assert [d["truncated"] for d in docs] == [False, True] and docs[1]["num_tokens"] <= 2000
+
+
+def test_every_refine_flag_reaches_the_configuration(tmp_path, monkeypatch):
+    import proxkit.cli
+    from proxkit.pipeline.stats import RunStats
+
+    captured = {}
+
+    def fake_run(config, progress=True):
+        captured["config"] = config
+        return RunStats(documents=1)
+
+    monkeypatch.setattr(proxkit.cli, "run_local", fake_run)
+    flags = {
+        "--doc-keep-fraction": "0.3",
+        "--batch-tokens": "123",
+        "--api-key-env": "KEY",
+        "--max-retries": "7",
+        "--short-doc-words": "3",
+        "--error-limit": "5",
+        "--shard-size": "2MiB",
+        "--workers": "3",
+        "--doc-scoring": "generate",
+        "--backend": "openai",
+        "--api-base": "http://127.0.0.1:1/v1",
+    }
+    args = [
+        "refine",
+        "in.jsonl",
+        "-o",
+        str(tmp_path / "o"),
+        "--no-constrained",
+        "--stages",
+        "chunk",
+    ]
+    result = runner.invoke(app, args + [x for pair in flags.items() for x in pair])
+    assert result.exit_code == 0, result.output
+    config = captured["config"]
+    assert (
+        config.doc_keep_fraction,
+        config.batch_tokens,
+        config.api_key_env,
+        config.max_retries,
+    ) == (0.3, 123, "KEY", 7)
+    assert (config.thresholds.short_doc_words, config.thresholds.error_limit) == (3, 5)
+    assert (config.shard_bytes, config.workers, config.doc_scoring, config.backend) == (
+        2 * 1024**2,
+        3,
+        "generate",
+        "openai",
+    )
+    assert (config.constrained, config.stages, config.inputs) == (False, ("chunk",), ("in.jsonl",))

@@ -8,7 +8,6 @@ generation, and the model loads through the same code path as a released checkpo
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 GOOD = [
@@ -42,25 +41,12 @@ def make_documents(count: int, seed: int) -> list[tuple[str, bool]]:
 
 def build_tiny_model(folder: Path, tokenizer_dir: Path, steps: int = 120, seed: int = 0) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from proxkit.prompts import doc_prompts
+    from proxkit.testing import random_llama, save
     from proxkit.tokenizer import load_tokenizer
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
+    model = random_llama(folder, tokenizer_dir, seed)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     documents = make_documents(64, seed)
     prompts = doc_prompts([text for text, _ in documents], tokenizer)
@@ -93,13 +79,5 @@ def build_tiny_model(folder: Path, tokenizer_dir: Path, steps: int = 120, seed: 
         optimizer.step()
         optimizer.zero_grad()
     model.eval()
-    model.save_pretrained(folder)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "tokenizer.model",
-    ):
-        if (tokenizer_dir / name).exists():
-            shutil.copy(tokenizer_dir / name, folder / name)
+    save(model, folder, tokenizer_dir)
     return folder
