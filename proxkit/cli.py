@@ -16,6 +16,7 @@ from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
 from proxkit.pipeline.local import OutputExists, RejectLog, RunPaths, run_local
 from proxkit.pipeline.stats import RunStats
+from proxkit.pipeline.units import ResumeRefused
 from proxkit.program import Thresholds
 from proxkit.programmers import UnknownProgrammer
 from proxkit.programmers.hf import ModelNotFound
@@ -127,13 +128,21 @@ def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
     stdout.print(table)
     stdout.print(f"output: {paths.output}   stats: {paths.stats}", highlight=False)
     if stats.rejected:
-        stdout.print(f"rejects: {paths.rejects}", highlight=False)
+        where = paths.rejects if paths.output.suffix else paths.output / "rejects-*.jsonl"
+        stdout.print(f"rejects: {where}", highlight=False)
 
 
 def _run(config: RefineConfig, quiet: bool, title: str) -> None:
     try:
         stats = run_local(config, progress=not quiet)
-    except (OutputExists, FileNotFoundError, UnknownProgrammer, ConfigError, ModelNotFound) as exc:
+    except (
+        OutputExists,
+        ResumeRefused,
+        FileNotFoundError,
+        UnknownProgrammer,
+        ConfigError,
+        ModelNotFound,
+    ) as exc:
         _fail(str(exc))
     _print_summary(stats, RunPaths.for_output(config.output), title)
     if stats.documents == 0 and stats.rejected:
@@ -209,6 +218,17 @@ def refine(
     workers: Workers = None,
     limit: Limit = None,
     overwrite: Overwrite = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank",
+            help="This process's share of the input files, for Slurm arrays: files i with i % world-size == rank. [default: 0]",
+        ),
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option("--world-size", help="How many processes share the input files. [default: 1]"),
+    ] = None,
     tokenizer: Annotated[
         str | None,
         typer.Option(
@@ -310,7 +330,12 @@ def refine(
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization."""
+    """Refine a corpus: doc-level keep/drop, then chunk-level line removal and normalization.
+
+    An output folder is written one input file at a time; re-running the same command resumes
+    a killed run (finished files are kept, unfinished ones redone); another configuration is
+    refused unless --overwrite.
+    """
     overrides = _overrides(locals(), inputs=tuple(inputs), shard_bytes=_size(shard_size))
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")

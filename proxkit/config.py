@@ -42,6 +42,8 @@ class RefineConfig:
     workers: int = 0  # 0: one per CPU core
     limit: int | None = None
     overwrite: bool = False
+    rank: int = 0  # this process's share of the work units (for Slurm arrays and the like)
+    world_size: int = 1
     tokenizer: str | None = None  # count model tokens before/after in the summary
     max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     max_doc_tokens: int = DEFAULT_DOC_TOKENS
@@ -78,6 +80,10 @@ class RefineConfig:
             raise ConfigError("doc_scoring must be 'forward' or 'generate'")
         if self.doc_keep_fraction is not None and not 0 <= self.doc_keep_fraction <= 1:
             raise ConfigError("doc_keep_fraction must be between 0 and 1")
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(
+                f"rank must be in [0, world_size), got rank {self.rank} of {self.world_size}"
+            )
         if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
 

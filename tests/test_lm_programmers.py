@@ -97,7 +97,7 @@ def test_refine_with_a_model_folder(trained_model, tmp_path):
     stats = run_local(config, progress=False)
     records = [
         json.loads(line)
-        for line in (tmp_path / "out" / "part-00000.jsonl").read_text().splitlines()
+        for line in (tmp_path / "out" / "part-00000-00000.jsonl").read_text().splitlines()
     ]
     assert [r["id"] for r in records] == [d.id for d in docs]
     assert [r["metadata"]["doc_program"] == "keep_doc()" for r in records] == keep

@@ -69,7 +69,7 @@ def refine(tmp_path: Path, url: str, docs: dict[str, str], **overrides) -> tuple
     stats = run_local(config, progress=False)
     records = [
         json.loads(line)
-        for line in (tmp_path / "out" / "part-00000.jsonl").read_text().splitlines()
+        for line in (tmp_path / "out" / "part-00000-00000.jsonl").read_text().splitlines()
     ]
     return records, stats.to_dict()
 

@@ -124,7 +124,8 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path):
         )
         assert result.returncode == 0, result.stderr
     one, two = (
-        gzip.decompress((tmp_path / w / "part-00000.jsonl.gz").read_bytes()) for w in ("1", "2")
+        gzip.decompress((tmp_path / w / "part-00000-00000.jsonl.gz").read_bytes())
+        for w in ("1", "2")
     )
     assert one == two
 
@@ -151,7 +152,7 @@ def test_yaml_config_with_flags_on_top(tmp_path):
         "-q",
     )
     assert result.returncode == 0, result.stderr
-    table = pq.read_table(tmp_path / "out" / "part-00000.parquet").to_pylist()
+    table = pq.read_table(tmp_path / "out" / "part-00000-00000.parquet").to_pylist()
     assert len(table) == 10  # the flag overrides the file's limit
     metadata = [json.loads(r["metadata"]) for r in table]
     assert all("doc_program" not in m and "chunk_program" in m for m in metadata)  # doc stage off
@@ -171,7 +172,9 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "b.jsonl.gz: file unreadable after line" in result.stderr
     assert "a.jsonl:2: record has no 'text' field" in result.stderr
-    rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    rejects = [
+        r for path in sorted((tmp_path / "out").glob("rejects-*.jsonl")) for r in read_jsonl(path)
+    ]
     assert [(Path(r["source"]).name, r["position"]) for r in rejects] == [
         ("a.jsonl", 2),
         ("b.jsonl.gz", None),

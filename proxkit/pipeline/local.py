@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -23,10 +24,19 @@ import yaml
 from tqdm import tqdm
 
 from proxkit.config import RefineConfig
-from proxkit.io.readers import Document, Fields, Reject, list_files, read_inputs, record_format
+from proxkit.io.readers import (
+    Document,
+    Fields,
+    Reject,
+    list_files,
+    read_file,
+    read_inputs,
+    record_format,
+)
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor
 from proxkit.pipeline.stats import RunStats
+from proxkit.pipeline.units import STATE_DIR, RunState, plan_units
 from proxkit.programmers import make_programmer
 
 REJECTS_SHOWN = 20
@@ -145,21 +155,21 @@ def _limited(items: Iterator[Document | Reject], limit: int | None) -> Iterator[
 def _map_ordered(
     function: Callable[[list[Document]], BatchOutput],
     batches: Iterator[list[Document]],
+    pool: ProcessPoolExecutor | None,
     workers: int,
 ) -> Iterator[BatchOutput]:
     """Results in input order, with at most 2 batches per worker in flight."""
-    if workers <= 1:
+    if pool is None:
         yield from map(function, batches)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending: deque[Future[BatchOutput]] = deque()
-        for batch in itertools.islice(batches, 2 * workers):
+    pending: deque[Future[BatchOutput]] = deque()
+    for batch in itertools.islice(batches, 2 * workers):
+        pending.append(pool.submit(function, batch))
+    while pending:
+        result = pending.popleft().result()
+        for batch in itertools.islice(batches, 1):
             pending.append(pool.submit(function, batch))
-        while pending:
-            result = pending.popleft().result()
-            for batch in itertools.islice(batches, 1):
-                pending.append(pool.submit(function, batch))
-            yield result
+        yield result
 
 
 def build_processor(config: RefineConfig) -> BatchProcessor:
@@ -178,11 +188,14 @@ def build_processor(config: RefineConfig) -> BatchProcessor:
 
 
 def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
-    """Refine `config.inputs` into `config.output`; returns the run's statistics."""
+    """Refine `config.inputs` into `config.output`; returns the run's statistics.
+
+    A folder output is written unit by unit (one unit per input file) and resumes where a
+    killed run stopped; a single output file is written in one go.
+    """
     paths = RunPaths.for_output(config.output)
     files = list_files(config.inputs)
     processor = build_processor(config)
-    prepare_output(paths, config.overwrite)
     workers = config.workers or os.cpu_count() or 1
     if not all(
         getattr(p, "parallel", True)
@@ -190,26 +203,39 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
         if p
     ):
         workers = 1
-
-    stats = RunStats()
-    rejects = RejectLog(paths.rejects)
-    items = _limited(read_inputs(files, processor.fields), config.limit)
+    pool = (
+        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        if workers > 1
+        else None
+    )
     bar = tqdm(unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        with RecordWriter(paths.output, config.output_format, config.shard_bytes) as writer:
-            batches = _batches(items, config.batch_size, rejects, stats)
-            for output in _map_ordered(processor, batches, workers):
-                for record in output.records:
-                    writer.write(record)
-                for reject in output.rejects:
-                    rejects.add(reject)
-                stats.merge(output.stats)
-                bar.update(len(output.records) + len(output.rejects))
-                if stats.documents:
-                    bar.set_postfix(kept=f"{stats.kept / stats.documents:.1%}", refresh=False)
+        if record_format(config.output) is not None:
+            prepare_output(paths, config.overwrite)
+            stats = RunStats()
+            rejects = RejectLog(paths.rejects)
+            try:
+                with RecordWriter(paths.output) as writer:
+                    items = _limited(read_inputs(files, processor.fields), config.limit)
+                    _refine_into(
+                        writer,
+                        items,
+                        processor,
+                        pool,
+                        workers,
+                        config.batch_size,
+                        rejects,
+                        stats,
+                        bar,
+                    )
+            finally:
+                rejects.close()
+        else:
+            stats = _run_units(config, files, processor, pool, workers, paths, bar)
     finally:
         bar.close()
-        rejects.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     for stage, programmer in (
         ("doc", processor.doc_programmer),
         ("chunk", processor.chunk_programmer),
@@ -220,3 +246,97 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
     paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
     paths.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     return stats
+
+
+def _refine_into(
+    writer: RecordWriter,
+    items: Iterator[Document | Reject],
+    processor: BatchProcessor,
+    pool: ProcessPoolExecutor | None,
+    workers: int,
+    batch_size: int,
+    rejects: RejectLog,
+    stats: RunStats,
+    bar: tqdm,
+) -> None:
+    batches = _batches(items, batch_size, rejects, stats)
+    for output in _map_ordered(processor, batches, pool, workers):
+        for record in output.records:
+            writer.write(record)
+        for reject in output.rejects:
+            rejects.add(reject)
+        stats.merge(output.stats)
+        bar.update(len(output.records) + len(output.rejects))
+        if stats.documents:
+            bar.set_postfix(kept=f"{stats.kept / stats.documents:.1%}", refresh=False)
+
+
+def _run_units(
+    config: RefineConfig,
+    files: list[str],
+    processor: BatchProcessor,
+    pool: ProcessPoolExecutor | None,
+    workers: int,
+    paths: RunPaths,
+    bar: tqdm,
+) -> RunStats:
+    output = paths.output
+    state = RunState(output)
+    if config.overwrite:
+        _clear_folder(output)
+    elif output.is_dir() and any(output.iterdir()) and not state.exists():
+        raise OutputExists(
+            f"{output} already holds files that no prox run wrote; pass --overwrite to replace them"
+        )
+    units = plan_units(files)
+    state.start(config.to_dict(), units)
+    mine = [u for u in units if u.index % config.world_size == config.rank]
+    done = {u.index: state.done(u) for u in units}
+    documents = sum(r["stats"]["documents"] for r in done.values() if r)
+    for unit in mine:
+        if done[unit.index] is not None:
+            bar.update(done[unit.index]["stats"]["documents"])
+            continue
+        remaining = None if config.limit is None else config.limit - documents
+        if remaining is not None and remaining <= 0:
+            break
+        state.clear_partial(unit)
+        unit_stats = RunStats()
+        rejects = RejectLog(output / f"rejects-{unit.name}.jsonl")
+        try:
+            with RecordWriter(
+                output, config.output_format, config.shard_bytes, prefix=f"part-{unit.name}"
+            ) as writer:
+                items = _limited(read_file(unit.path, processor.fields), remaining)
+                _refine_into(
+                    writer,
+                    items,
+                    processor,
+                    pool,
+                    workers,
+                    config.batch_size,
+                    rejects,
+                    unit_stats,
+                    bar,
+                )
+        finally:
+            rejects.close()
+        # Only now is the unit's output complete: its shards are in place under final names.
+        state.complete(unit, writer.paths, unit_stats.to_dict())
+        documents += unit_stats.documents
+    stats = RunStats()
+    for unit in units:  # every unit done so far, by any rank
+        record = state.done(unit)
+        if record is not None:
+            stats.merge(RunStats.from_dict(record["stats"]))
+    return stats
+
+
+def _clear_folder(output: Path) -> None:
+    """--overwrite: remove what a prox run writes into an output folder, nothing else."""
+    if not output.is_dir():
+        return
+    for path in output.iterdir():
+        if path.name.startswith(("part-", "rejects")) or path.name in ("stats.json", "config.yaml"):
+            path.unlink()
+    shutil.rmtree(output / STATE_DIR, ignore_errors=True)
