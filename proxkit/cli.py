@@ -144,6 +144,12 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
         ModelNotFound,
     ) as exc:
         _fail(str(exc))
+    except OSError as exc:  # reading errors become rejects; this is the output failing
+        _fail(
+            f"could not write the output ({exc}); the file being written was not marked "
+            "complete: free space or fix the output, then run the same command to resume",
+            code=1,
+        )
     _print_summary(stats, RunPaths.for_output(config.output), title)
     if stats.documents == 0 and stats.rejected:
         _fail("no document could be read; see the rejects above", code=1)
@@ -453,6 +459,31 @@ def prompts(
         f"{count:,} {stage}-level prompts -> {paths.output}; {rejects.count:,} rejected",
         highlight=False,
     )
+
+
+@app.command()
+def verify(
+    output: Annotated[
+        Path, typer.Argument(help="A folder written by prox refine or prox execute.")
+    ],
+) -> None:
+    """Check that every input record ended in exactly one output record or reject."""
+    from proxkit.pipeline.verify import verify as check
+
+    try:
+        report = check(output)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    stdout.print(
+        f"{report.complete_units}/{report.units} units complete; {report.input_records:,} input records, "
+        f"{report.output_records:,} output records, {report.rejected:,} rejected",
+        highlight=False,
+    )
+    for problem in report.problems:
+        stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+    stdout.print("ok: every input record is accounted for exactly once", highlight=False)
 
 
 def main() -> None:

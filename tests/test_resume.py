@@ -121,3 +121,95 @@ def test_ranks_split_the_files_and_together_equal_one_run(corpus, uninterrupted,
             command(corpus, output, "--rank", rank, "--world-size", "2"), check=True, timeout=600
         )
     assert outputs(output) == outputs(uninterrupted)
+
+
+def prox_verify(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxkit.cli", "verify", str(folder)], capture_output=True, text=True
+    )
+
+
+def test_verify_accounts_for_every_record(uninterrupted, tmp_path):
+    import shutil
+
+    result = prox_verify(uninterrupted)
+    assert result.returncode == 0, result.stderr
+    assert "5/5 units complete; 3,200 input records, 3,200 output records" in result.stdout
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, damaged)
+    shard = sorted(damaged.glob("part-00001-*"))[0]
+    lines = gzip.decompress(shard.read_bytes()).splitlines(keepends=True)
+    shard.write_bytes(
+        gzip.compress(b"".join(lines[1:] + lines[2:3]))
+    )  # one lost, one written twice
+    (damaged / "_prox" / "done" / "unit-00004.json").unlink()
+    result = prox_verify(damaged)
+    assert result.returncode == 1
+    assert "unit 00001: records written more often than read" in result.stderr
+    assert "unit 00001: 1 input records have no output" in result.stderr
+    assert "unit 00004 (" in result.stderr and "is not complete" in result.stderr
+
+
+def test_a_record_that_makes_the_worker_raise_is_rejected_and_the_unit_completes(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = {"id": "good", "text": "enough words " * 10, "metadata": {"chunk_program": "keep_doc()"}}
+    bad = {"id": "bad", "text": "enough words " * 10, "metadata": {"chunk_program": 5}}
+    (inputs / "a.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in (good, bad, good | {"id": "good2"})) + "\n"
+    )
+    output = tmp_path / "out"
+    execute = [sys.executable, "-m", "proxkit.cli", "execute", str(inputs), "-o", str(output), "-q"]
+    assert subprocess.run(execute, capture_output=True).returncode == 0
+    (reject,) = [
+        json.loads(line) for line in (output / "rejects-00000.jsonl").read_text().splitlines()
+    ]
+    assert reject["id"] == "bad" and reject["reason"].startswith("refining failed")
+    assert (output / "_prox" / "done" / "unit-00000.json").is_file()
+    result = prox_verify(output)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_full_disk_is_a_clear_error_and_nothing_is_marked_complete(corpus, tmp_path):
+    import resource
+
+    def small_disk() -> None:  # a file growing past 50 KB fails with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    output = tmp_path / "out"
+    result = subprocess.run(
+        command(corpus, output), capture_output=True, text=True, preexec_fn=small_disk, timeout=600
+    )
+    assert result.returncode == 1
+    assert "could not write the output" in result.stderr and "File too large" in result.stderr
+    assert "Traceback" not in result.stderr
+    done = (
+        list((output / "_prox" / "done").glob("*.json"))
+        if (output / "_prox" / "done").exists()
+        else []
+    )
+    for record in done:  # whatever was marked complete really is complete
+        assert all((output / name).is_file() for name in json.loads(record.read_text())["files"])
+    assert len(done) < 5
+    subprocess.run(command(corpus, output), check=True, timeout=600)  # room again: it resumes
+    assert prox_verify(output).returncode == 0
+
+
+def test_an_input_changing_during_the_run_is_not_marked_complete(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    big = inputs / "a.jsonl"
+    big.write_text(
+        "".join(json.dumps({"id": str(i), "text": "words " * 50}) + "\n" for i in range(20000))
+    )
+    process = subprocess.Popen(command(inputs, tmp_path / "out"), stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    with big.open("a") as handle:
+        handle.write(
+            json.dumps({"id": "late", "text": "appended while the run reads the file"}) + "\n"
+        )
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2 and "changed while it was being read" in stderr
+    assert not (tmp_path / "out" / "_prox" / "done" / "unit-00000.json").exists()

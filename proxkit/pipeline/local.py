@@ -36,7 +36,7 @@ from proxkit.io.readers import (
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor
 from proxkit.pipeline.stats import RunStats
-from proxkit.pipeline.units import STATE_DIR, RunState, plan_units
+from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, plan_units
 from proxkit.programmers import make_programmer
 
 REJECTS_SHOWN = 20
@@ -321,6 +321,11 @@ def _run_units(
                 )
         finally:
             rejects.close()
+        now = plan_units([unit.path])[0]
+        if (now.size, now.modified) != (unit.size, unit.modified):
+            raise ResumeRefused(
+                f"input {unit.path} changed while it was being read; its output is not marked complete"
+            )
         # Only now is the unit's output complete: its shards are in place under final names.
         state.complete(unit, writer.paths, unit_stats.to_dict())
         documents += unit_stats.documents
