@@ -224,6 +224,34 @@ def refine(
     workers: Workers = None,
     limit: Limit = None,
     overwrite: Overwrite = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="local (processes on this machine) or ray (a Ray cluster, extra [ray]). [default: local]",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-actors",
+            help="Ray engine, model programmers: actors, each holding the model once. [default: 1]",
+        ),
+    ] = None,
+    ray_gpus_per_actor: Annotated[
+        float | None,
+        typer.Option(
+            "--ray-gpus-per-actor",
+            help="Ray engine, model programmers: GPUs per actor. [default: 0]",
+        ),
+    ] = None,
     rank: Annotated[
         int | None,
         typer.Option(

@@ -42,6 +42,10 @@ class RefineConfig:
     workers: int = 0  # 0: one per CPU core
     limit: int | None = None
     overwrite: bool = False
+    engine: str = "local"  # local (processes on this machine) or ray (a Ray cluster)
+    ray_address: str | None = None  # an existing cluster; None starts a local one
+    ray_actors: int = 1  # model programmers: actors, each holding the model once
+    ray_gpus_per_actor: float = 0.0
     rank: int = 0  # this process's share of the work units (for Slurm arrays and the like)
     world_size: int = 1
     tokenizer: str | None = None  # count model tokens before/after in the summary
@@ -80,6 +84,8 @@ class RefineConfig:
             raise ConfigError("doc_scoring must be 'forward' or 'generate'")
         if self.doc_keep_fraction is not None and not 0 <= self.doc_keep_fraction <= 1:
             raise ConfigError("doc_keep_fraction must be between 0 and 1")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine must be local or ray, got {self.engine!r}")
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(
                 f"rank must be in [0, world_size), got rank {self.rank} of {self.world_size}"

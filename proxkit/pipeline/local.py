@@ -172,6 +172,14 @@ def _map_ordered(
         yield result
 
 
+def uses_models(config: RefineConfig) -> bool:
+    """Whether a stage is written by a language model (rather than rules or stored programs)."""
+    specs = [getattr(config, f"{stage}_programmer") for stage in config.stages]
+    return any(
+        spec != "stored" and spec != "rules" and not spec.startswith("rules:") for spec in specs
+    )
+
+
 def build_processor(config: RefineConfig) -> BatchProcessor:
     return BatchProcessor(
         doc_programmer=make_programmer(config.doc_programmer, config)
@@ -195,19 +203,29 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
     """
     paths = RunPaths.for_output(config.output)
     files = list_files(config.inputs)
-    processor = build_processor(config)
-    workers = config.workers or os.cpu_count() or 1
-    if not all(
-        getattr(p, "parallel", True)
-        for p in (processor.doc_programmer, processor.chunk_programmer)
-        if p
-    ):
-        workers = 1
-    pool = (
-        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        if workers > 1
-        else None
+    fields = Fields(config.text_field, config.id_field)
+    # With Ray, models are loaded by the cluster's actors, never by this driver.
+    models_on_cluster = config.engine == "ray" and uses_models(config)
+    processor = (
+        BatchProcessor(None, None, fields=fields) if models_on_cluster else build_processor(config)
     )
+    pool = None
+    if config.engine == "ray":
+        from proxkit.pipeline.ray_engine import RayEngine
+
+        engine = RayEngine(config, processor, models_on_cluster)
+        map_batches: MapBatches = engine.map_batches
+    else:
+        engine = None
+        workers = config.workers or os.cpu_count() or 1
+        if uses_models(config):
+            workers = 1  # a model runs in this process; its backend batches on its own
+        if workers > 1:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+
+        def map_batches(batches: Iterator[list[Document]]) -> Iterator[BatchOutput]:
+            return _map_ordered(processor, batches, pool, workers)
+
     bar = tqdm(unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         if record_format(config.output) is not None:
@@ -216,26 +234,18 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
             rejects = RejectLog(paths.rejects)
             try:
                 with RecordWriter(paths.output) as writer:
-                    items = _limited(read_inputs(files, processor.fields), config.limit)
-                    _refine_into(
-                        writer,
-                        items,
-                        processor,
-                        pool,
-                        workers,
-                        config.batch_size,
-                        rejects,
-                        stats,
-                        bar,
-                    )
+                    items = _limited(read_inputs(files, fields), config.limit)
+                    _refine_into(writer, items, map_batches, config.batch_size, rejects, stats, bar)
             finally:
                 rejects.close()
         else:
-            stats = _run_units(config, files, processor, pool, workers, paths, bar)
+            stats = _run_units(config, files, fields, map_batches, paths, bar)
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if engine is not None:
+            engine.close()
     for stage, programmer in (
         ("doc", processor.doc_programmer),
         ("chunk", processor.chunk_programmer),
@@ -248,19 +258,20 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
     return stats
 
 
+MapBatches = Callable[[Iterator[list[Document]]], Iterator[BatchOutput]]
+
+
 def _refine_into(
     writer: RecordWriter,
     items: Iterator[Document | Reject],
-    processor: BatchProcessor,
-    pool: ProcessPoolExecutor | None,
-    workers: int,
+    map_batches: MapBatches,
     batch_size: int,
     rejects: RejectLog,
     stats: RunStats,
     bar: tqdm,
 ) -> None:
     batches = _batches(items, batch_size, rejects, stats)
-    for output in _map_ordered(processor, batches, pool, workers):
+    for output in map_batches(batches):
         for record in output.records:
             writer.write(record)
         for reject in output.rejects:
@@ -274,9 +285,8 @@ def _refine_into(
 def _run_units(
     config: RefineConfig,
     files: list[str],
-    processor: BatchProcessor,
-    pool: ProcessPoolExecutor | None,
-    workers: int,
+    fields: Fields,
+    map_batches: MapBatches,
     paths: RunPaths,
     bar: tqdm,
 ) -> RunStats:
@@ -307,17 +317,9 @@ def _run_units(
             with RecordWriter(
                 output, config.output_format, config.shard_bytes, prefix=f"part-{unit.name}"
             ) as writer:
-                items = _limited(read_file(unit.path, processor.fields), remaining)
+                items = _limited(read_file(unit.path, fields), remaining)
                 _refine_into(
-                    writer,
-                    items,
-                    processor,
-                    pool,
-                    workers,
-                    config.batch_size,
-                    rejects,
-                    unit_stats,
-                    bar,
+                    writer, items, map_batches, config.batch_size, rejects, unit_stats, bar
                 )
         finally:
             rejects.close()
