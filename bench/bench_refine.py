@@ -51,7 +51,7 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-def run(input_path: Path, output: Path, workers: int) -> tuple[float, int]:
+def run(input_path: Path, output: Path, workers: int, engine: str = "local") -> tuple[float, int]:
     command = [
         sys.executable,
         "-m",
@@ -68,6 +68,8 @@ def run(input_path: Path, output: Path, workers: int) -> tuple[float, int]:
         "rules",
         "--chunk-programmer",
         "rules",
+        "--engine",
+        engine,
     ]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -89,6 +91,11 @@ def main() -> None:
         "--base-copies", type=int, default=4, help="copies of the example corpus in the 1x input"
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="also run --engine ray (a local Ray cluster) on each input",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -97,12 +104,16 @@ def main() -> None:
         for scale in (1, 4):
             input_path = Path(tmp) / f"in_{scale}x.jsonl.gz"
             documents, megabytes = write_input(input_path, args.base_copies * scale)
-            for workers in args.workers:
-                seconds, peak_kib = run(input_path, Path(tmp) / f"out_{scale}_{workers}", workers)
+            runs = [("local", w) for w in args.workers] + ([("ray", 0)] if args.ray else [])
+            for engine, workers in runs:
+                seconds, peak_kib = run(
+                    input_path, Path(tmp) / f"out_{scale}_{engine}_{workers}", workers, engine
+                )
                 rows.append(
                     {
                         "input": f"{scale}x",
-                        "workers": workers,
+                        "engine": engine,
+                        "workers": workers or "cluster",
                         "documents": documents,
                         "MB": round(megabytes, 2),
                         "seconds": round(seconds, 2),
@@ -116,11 +127,16 @@ def main() -> None:
     print("  ".join(f"{h:>12}" for h in header))
     for row in rows:
         print("  ".join(f"{row[h]!s:>12}" for h in header))
-    by = {(r["input"], r["workers"]): r for r in rows}
+    by = {(r["input"], r["engine"], r["workers"]): r for r in rows}
     for workers in args.workers:
-        small, large = by[("1x", workers)], by[("4x", workers)]
+        small, large = by[("1x", "local", workers)], by[("4x", "local", workers)]
         ratio = large["peak RSS MiB (all processes)"] / small["peak RSS MiB (all processes)"]
         print(f"workers={workers}: peak memory 4x/1x input = {ratio:.2f}")
+    if args.ray:
+        for scale in ("1x", "4x"):
+            ray_seconds = by[(scale, "ray", "cluster")]["seconds"]
+            best_local = min(by[(scale, "local", w)]["seconds"] for w in args.workers)
+            print(f"{scale}: ray / best local time = {ray_seconds / best_local:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
