@@ -224,6 +224,13 @@ def refine(
     workers: Workers = None,
     limit: Limit = None,
     overwrite: Overwrite = None,
+    unit_size: Annotated[
+        str | None,
+        typer.Option(
+            "--unit-size",
+            help="Split larger input files into work units of about this size (uncompressed JSONL: line-aligned byte ranges; Parquet: row groups), so a killed run loses at most one unit of work. [default: 256MiB]",
+        ),
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option(
@@ -370,7 +377,9 @@ def refine(
     a killed run (finished files are kept, unfinished ones redone); another configuration is
     refused unless --overwrite.
     """
-    overrides = _overrides(locals(), inputs=tuple(inputs), shard_bytes=_size(shard_size))
+    overrides = _overrides(
+        locals(), inputs=tuple(inputs), shard_bytes=_size(shard_size), unit_bytes=_size(unit_size)
+    )
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")
     stdout.print(

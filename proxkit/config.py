@@ -38,6 +38,7 @@ class RefineConfig:
     id_field: str = "id"
     output_format: str = "jsonl.gz"
     shard_bytes: int = 512 * 1024 * 1024
+    unit_bytes: int = 256 * 1024 * 1024  # larger files are split into byte / row-group ranges
     batch_size: int = 256
     workers: int = 0  # 0: one per CPU core
     limit: int | None = None

@@ -10,7 +10,7 @@ transformers backend, so real model outputs cross the real API.
 Faults are asked for by markers in the prompt, counted per distinct prompt:
   FAULT:500xN     the first N requests get HTTP 500        FAULT:always500  every request does
   FAULT:dropxN    the first N connections are cut          FAULT:garbagexN  200 with a non-JSON body
-  FAULT:slowxN    the first N answers come after 3 s       FAULT:400        a client error, never retried
+  FAULT:slowxN    the first N answers come after 4 s       FAULT:400        a client error, never retried
 GET /stats returns {"requests": n, "distinct_prompts": m}.
 """
 
@@ -106,7 +106,7 @@ def main() -> None:
                 if kind == "garbage" and attempt <= times:
                     return self._send(200, b"<html>502 from a proxy", "text/html")
                 if kind == "slow" and attempt <= times:
-                    time.sleep(3)
+                    time.sleep(4)
             text = answer(prompt, request.get("max_tokens", 16)) if args.model else answer(prompt)
             body = {
                 "id": "cmpl-test",

@@ -213,3 +213,65 @@ def test_an_input_changing_during_the_run_is_not_marked_complete(tmp_path):
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 2 and "changed while it was being read" in stderr
     assert not (tmp_path / "out" / "_prox" / "done" / "unit-00000.json").exists()
+
+
+# --- large files: byte ranges and row groups as work units ------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from proxkit.io.readers import Document, Fields, read_file  # noqa: E402
+from proxkit.pipeline.units import plan_units  # noqa: E402
+
+
+@given(st.lists(st.integers(0, 120), min_size=1, max_size=60), st.integers(1, 400))
+@settings(max_examples=150, deadline=None)
+def test_byte_ranges_cover_every_line_once_with_its_number(tmp_path_factory, lengths, unit_bytes):
+    path = tmp_path_factory.mktemp("ranges") / "f.jsonl"
+    # blank lines (length 0) and records of many lengths
+    lines = [
+        "" if n == 0 else json.dumps({"id": str(i), "text": "x" * n}) for i, n in enumerate(lengths)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    units = plan_units([str(path)], unit_bytes)
+    read = [
+        (d.position, d.id)
+        for u in units
+        for d in read_file(str(path), Fields(), u.start, u.stop, u.first_position)
+        if isinstance(d, Document)
+    ]
+    assert read == [(i + 1, str(i)) for i, n in enumerate(lengths) if n]
+
+
+def all_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for data in outputs(folder).values() for line in data.splitlines()]
+
+
+def test_large_files_split_into_units_give_the_same_records(corpus, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with gzip.open(corpus / "part0.jsonl.gz", "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    lines = [json.dumps(r) for r in records]
+    lines.insert(400, "{broken json")  # line 401
+    (inputs / "big.jsonl").write_text("\n".join(lines) + "\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records[:300]), inputs / "big.parquet", row_group_size=25)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    subprocess.run(command(inputs, whole), check=True, timeout=600)
+    subprocess.run(command(inputs, split, "--unit-size", "300KB"), check=True, timeout=600)
+    units = json.loads((split / "_prox" / "run.json").read_text())["units"]
+    assert (
+        len(units) > 10
+        and len(json.loads((whole / "_prox" / "run.json").read_text())["units"]) == 2
+    )
+    assert all_records(split) == all_records(whole)
+    rejects = [
+        json.loads(line)
+        for p in sorted(split.glob("rejects-*"))
+        for line in p.read_text().splitlines()
+    ]
+    assert [(r["position"], r["raw"]) for r in rejects] == [(401, "{broken json")]
+    assert prox_verify(split).returncode == 0

@@ -160,11 +160,28 @@ def open_decompressed(path: str) -> Iterator[IO[bytes]]:
             yield stream
 
 
-def read_jsonl(path: str, fields: Fields) -> Iterator[Document | Reject]:
-    position = 0
+def _lines_in_range(handle: IO[bytes], start: int, stop: int | None) -> Iterator[bytes]:
+    """The lines that start in bytes [start, stop) of a seekable file."""
+    if start:
+        handle.seek(start - 1)
+        handle.readline()  # the end of the line that started before `start`
+    while stop is None or handle.tell() < stop:
+        line = handle.readline()
+        if not line:
+            return
+        yield line
+
+
+def read_jsonl(
+    path: str, fields: Fields, start: int = 0, stop: int | None = None, first_line: int = 1
+) -> Iterator[Document | Reject]:
+    """Records of a JSONL file, or of the lines starting in bytes [start, stop) of an
+    uncompressed one (`first_line`: the number of the range's first line)."""
+    position = first_line - 1
     try:
         with open_decompressed(path) as handle:
-            for position, line in enumerate(handle, start=1):
+            lines = _lines_in_range(handle, start, stop) if start or stop is not None else handle
+            for position, line in enumerate(lines, start=first_line):
                 if not line.strip():
                     continue
                 try:
@@ -175,14 +192,21 @@ def read_jsonl(path: str, fields: Fields) -> Iterator[Document | Reject]:
                     continue
                 yield document_from_record(data, fields, path, position, None)
     except Exception as exc:  # unreadable or corrupt file: report it and go on with the next
-        where = f"after line {position}" if position else "before the first line"
+        where = f"after line {position}" if position >= first_line else f"before line {first_line}"
         yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")
 
 
-def read_parquet(path: str, fields: Fields, batch_rows: int = 1024) -> Iterator[Document | Reject]:
+def read_parquet(
+    path: str,
+    fields: Fields,
+    groups: range | None = None,
+    first_row: int = 1,
+    batch_rows: int = 1024,
+) -> Iterator[Document | Reject]:
+    """Records of a Parquet file, or of its row groups `groups` (`first_row`: their first row)."""
     import pyarrow.parquet as pq
 
-    position = 0
+    position = first_row - 1
     try:
         with fsspec.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
@@ -195,21 +219,32 @@ def read_parquet(path: str, fields: Fields, batch_rows: int = 1024) -> Iterator[
                     "choose the text column with --text-field",
                 )
                 return
-            for batch in parquet.iter_batches(batch_size=batch_rows):
+            chosen = list(groups) if groups is not None else None
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=chosen):
                 for row in batch.to_pylist():
                     position += 1
                     yield document_from_record(row, fields, path, position, None)
     except Exception as exc:
-        where = f"after row {position}" if position else "before the first row"
+        where = f"after row {position}" if position >= first_row else f"before row {first_row}"
         yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")
 
 
-def read_file(path: str, fields: Fields = Fields()) -> Iterator[Document | Reject]:
+def read_file(
+    path: str,
+    fields: Fields = Fields(),
+    start: int = 0,
+    stop: int | None = None,
+    first_position: int = 1,
+) -> Iterator[Document | Reject]:
+    """Records of a file, or of a part of it: byte range (JSONL) or row groups (Parquet)."""
     kind = record_format(path)
     if kind == "parquet":
-        return read_parquet(path, fields)
+        # Row-group ranges always end explicitly; no stop means the whole file.
+        return read_parquet(
+            path, fields, range(start, stop) if stop is not None else None, first_position
+        )
     if kind == "jsonl":
-        return read_jsonl(path, fields)
+        return read_jsonl(path, fields, start, stop, first_position)
     return iter([Reject(path, None, "unknown file type (expected .jsonl[.gz|.zst] or .parquet)")])
 
 

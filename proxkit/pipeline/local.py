@@ -36,7 +36,7 @@ from proxkit.io.readers import (
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor
 from proxkit.pipeline.stats import RunStats
-from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, plan_units
+from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, fingerprint, plan_units
 from proxkit.programmers import make_programmer
 
 REJECTS_SHOWN = 20
@@ -298,7 +298,7 @@ def _run_units(
         raise OutputExists(
             f"{output} already holds files that no prox run wrote; pass --overwrite to replace them"
         )
-    units = plan_units(files)
+    units = plan_units(files, config.unit_bytes)
     state.start(config.to_dict(), units)
     mine = [u for u in units if u.index % config.world_size == config.rank]
     done = {u.index: state.done(u) for u in units}
@@ -317,14 +317,16 @@ def _run_units(
             with RecordWriter(
                 output, config.output_format, config.shard_bytes, prefix=f"part-{unit.name}"
             ) as writer:
-                items = _limited(read_file(unit.path, fields), remaining)
+                items = _limited(
+                    read_file(unit.path, fields, unit.start, unit.stop, unit.first_position),
+                    remaining,
+                )
                 _refine_into(
                     writer, items, map_batches, config.batch_size, rejects, unit_stats, bar
                 )
         finally:
             rejects.close()
-        now = plan_units([unit.path])[0]
-        if (now.size, now.modified) != (unit.size, unit.modified):
+        if fingerprint(unit.path) != (unit.size, unit.modified):
             raise ResumeRefused(
                 f"input {unit.path} changed while it was being read; its output is not marked complete"
             )

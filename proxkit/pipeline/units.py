@@ -31,23 +31,79 @@ class ResumeRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkUnit:
+    """A whole file, or part of a large one: lines starting in bytes [start, stop) of an
+    uncompressed JSONL file, or row groups [start, stop) of a Parquet file."""
+
     index: int
     path: str
     size: int
     modified: str
+    start: int = 0
+    stop: int | None = None  # None: to the end of the file
+    first_position: int = 1  # line or row number of the unit's first record
 
     @property
     def name(self) -> str:
         return f"{self.index:05d}"
 
 
-def plan_units(files: list[str]) -> list[WorkUnit]:
-    units = []
-    for index, path in enumerate(files):
-        fs, _, (local,) = fsspec.get_fs_token_paths(path)
-        info = fs.info(local)
-        modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
-        units.append(WorkUnit(index, path, int(info.get("size") or 0), str(modified)))
+def fingerprint(path: str) -> tuple[int, str]:
+    """(size, modification time) of a file, on any fsspec file system."""
+    fs, _, (local,) = fsspec.get_fs_token_paths(path)
+    info = fs.info(local)
+    modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
+    return int(info.get("size") or 0), str(modified)
+
+
+def _line_ranges(path: str, size: int, unit_bytes: int) -> list[tuple[int, int | None, int]]:
+    """(start, stop, first line) ranges of about `unit_bytes`, found in one pass over the file."""
+    boundaries = list(range(unit_bytes, size, unit_bytes))
+    # A range owns the lines that start inside it. Its reader skips from byte b-1 through the
+    # first newline there, so its first line is 2 + (newlines in bytes [0, b-1)).
+    first_lines, newlines, offset = [], 0, 0
+    with fsspec.open(path, "rb") as handle:
+        for boundary in boundaries:
+            while offset < boundary - 1:
+                block = handle.read(min(1 << 23, boundary - 1 - offset))
+                newlines += block.count(b"\n")
+                offset += len(block)
+            first_lines.append(newlines + 2)
+    starts = [0, *boundaries]
+    stops: list[int | None] = [*boundaries, None]
+    return list(zip(starts, stops, [1, *first_lines]))
+
+
+def _row_group_ranges(path: str, unit_bytes: int) -> list[tuple[int, int | None, int]]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    ranges, start, rows, first_row, size = [], 0, 0, 1, 0
+    for group in range(metadata.num_row_groups):
+        size += metadata.row_group(group).total_byte_size
+        rows += metadata.row_group(group).num_rows
+        if size >= unit_bytes or group == metadata.num_row_groups - 1:
+            ranges.append((start, group + 1, first_row))
+            start, first_row, size = group + 1, rows + 1, 0
+    return ranges or [(0, None, 1)]
+
+
+def plan_units(files: list[str], unit_bytes: int = 0) -> list[WorkUnit]:
+    """One unit per file; files over `unit_bytes` (0: never) split into byte or row ranges."""
+    from proxkit.io.readers import COMPRESSION_SUFFIXES, record_format
+
+    units: list[WorkUnit] = []
+    for path in files:
+        size, modified = fingerprint(path)
+        ranges: list[tuple[int, int | None, int]] = [(0, None, 1)]
+        if unit_bytes and size > unit_bytes:
+            kind = record_format(path)
+            if kind == "parquet":
+                ranges = _row_group_ranges(path, unit_bytes)
+            elif kind == "jsonl" and not path.lower().endswith(COMPRESSION_SUFFIXES):
+                ranges = _line_ranges(path, size, unit_bytes)
+        for start, stop, first in ranges:
+            units.append(WorkUnit(len(units), path, size, modified, start, stop, first))
     return units
 
 
@@ -98,7 +154,7 @@ class RunState:
                 raise ResumeRefused(
                     f"input {unit.path} changed since the run started (size or modification time); refusing to mix outputs"
                 )
-        if len(before) != len(units):
+        if [asdict(u) for u in units] != recorded["units"]:
             raise ResumeRefused("the set of input files changed since the run started")
 
     def record(self, unit: WorkUnit) -> Path:

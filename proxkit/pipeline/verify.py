@@ -69,7 +69,8 @@ def verify(output: Path, max_listed: int = 10) -> Verification:
         refused = Counter(
             r["id"] for r in rejects if r.get("reason", "").startswith("refining failed")
         )
-        expected = Counter(i.id for i in read_file(unit.path, fields) if isinstance(i, Document))
+        items = read_file(unit.path, fields, unit.start, unit.stop, unit.first_position)
+        expected = Counter(i.id for i in items if isinstance(i, Document))
         report.input_records += sum(expected.values())
         report.output_records += sum(written.values())
         report.rejected += len(rejects)
