@@ -39,19 +39,12 @@ def main() -> None:
     from proxkit.programmers.hf import TransformersBackend
     from proxkit.programmers.lm import chunk_content
     from proxkit.prompts import chunk_prompts
-    from proxkit.testing import random_llama
+    from proxkit.testing import SMALL, random_llama
 
     with tempfile.TemporaryDirectory() as folder:
         model = args.model
         if model is None:
-            shape = dict(
-                hidden_size=256,
-                intermediate_size=512,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=1,
-            )
-            random_llama(Path(folder), Path(args.tokenizer), **shape)
+            random_llama(Path(folder), Path(args.tokenizer), **SMALL)
             model = folder
         backend = TransformersBackend(model)
         with gzip.open(REPO / "examples" / "web_docs.jsonl.gz", "rt") as handle:

@@ -263,12 +263,12 @@ def refine(
         int | None,
         typer.Option(
             "--rank",
-            help="This process's share of the input files, for Slurm arrays: files i with i % world-size == rank. [default: 0]",
+            help="This process's share of the work units (input files or parts of large ones), for Slurm arrays: units i with i % world-size == rank. [default: 0]",
         ),
     ] = None,
     world_size: Annotated[
         int | None,
-        typer.Option("--world-size", help="How many processes share the input files. [default: 1]"),
+        typer.Option("--world-size", help="How many processes share the work units. [default: 1]"),
     ] = None,
     tokenizer: Annotated[
         str | None,

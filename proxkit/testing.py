@@ -19,6 +19,13 @@ REFINING_LM_0_3B = dict(
     num_attention_heads=16,
     num_key_value_heads=1,
 )
+SMALL = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+)
 TINY = dict(
     hidden_size=64,
     intermediate_size=128,
