@@ -343,6 +343,13 @@ def refine(
             help="openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1.",
         ),
     ] = None,
+    api_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--api-mode",
+            help="openai backend: completions (proxkit's exact prompt text) or chat (system + user messages; the server applies its chat template). [default: completions]",
+        ),
+    ] = None,
     api_key_env: Annotated[
         str | None,
         typer.Option(

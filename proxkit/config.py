@@ -67,6 +67,7 @@ class RefineConfig:
     tensor_parallel: int = 1
     api_base: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"
+    api_mode: str = "completions"  # or chat
     max_concurrency: int = 32
     request_timeout: float = 120.0
     max_retries: int = 4

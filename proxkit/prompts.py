@@ -33,6 +33,9 @@ class Prompt:
     text: str
     token_ids: tuple[int, ...]
     truncated: bool = False
+    user: str = (
+        ""  # the user message inside the template, for chat APIs that template it themselves
+    )
 
 
 def llama2_chat(user: str, system: str = SYSTEM_MESSAGE, bos_token: str = "<s>") -> str:
@@ -85,11 +88,11 @@ def doc_prompts(
     prompts = []
     for text, prompt_text, encoding in zip(texts, rendered, encodings):
         if len(encoding) <= max_tokens:
-            prompts.append(Prompt(prompt_text, tuple(encoding.ids)))
+            prompts.append(Prompt(prompt_text, tuple(encoding.ids), user=text))
         elif truncation == "reference":
             kept = encoding.ids[:max_tokens]
             decoded = tokenizer.backend.decode(kept, skip_special_tokens=False)
-            prompts.append(Prompt(decoded, tuple(kept), truncated=True))
+            prompts.append(Prompt(decoded, tuple(kept), truncated=True, user=text))
         else:
             prompts.append(_truncate_document(text, tokenizer, max_tokens, len(encoding)))
     return prompts
@@ -106,12 +109,13 @@ def _truncate_document(
         prompt_text = render_chat(tokenizer, text[:cut])
         ids = tokenizer.backend.encode(prompt_text, add_special_tokens=False).ids
         if len(ids) <= max_tokens or keep <= 0:
-            return Prompt(prompt_text, tuple(ids), truncated=True)
+            return Prompt(prompt_text, tuple(ids), truncated=True, user=text[:cut])
         keep -= len(ids) - max_tokens
 
 
 def chunk_prompts(chunks: Sequence[Chunk], tokenizer: TokenizerInfo) -> list[Prompt]:
     """Chunk-level prompts, one per chunk, tokenized in one batch."""
-    rendered = [render_chat(tokenizer, wrap_chunk(chunk.text)) for chunk in chunks]
+    users = [wrap_chunk(chunk.text) for chunk in chunks]
+    rendered = [render_chat(tokenizer, user) for user in users]
     encodings = tokenizer.backend.encode_batch_fast(rendered, add_special_tokens=False)
-    return [Prompt(text, tuple(encoding.ids)) for text, encoding in zip(rendered, encodings)]
+    return [Prompt(t, tuple(e.ids), user=u) for t, e, u in zip(rendered, encodings, users)]

@@ -2,6 +2,8 @@
 
     python tests/openai_server.py [--model FOLDER]   # prints "READY <port>" when listening
 
+It serves POST /v1/completions and /v1/chat/completions (the user message is the prompt).
+
 Without --model it answers like a scripted refining model: doc prompts get drop_doc() when the
 document holds "SPAM", else keep_doc(); chunk prompts get remove_lines() for numbered lines
 holding "MENU", else keep_doc(). With --model it serves a local causal LM through the
@@ -25,6 +27,8 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from proxkit.prompts import llama2_chat
 
 FAULT = re.compile(r"FAULT:(500|drop|garbage|slow)x(\d+)|FAULT:(always500|400)")
 
@@ -87,7 +91,8 @@ def main() -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             request = json.loads(self.rfile.read(length))
-            prompt = request["prompt"]
+            chat = self.path.endswith("/chat/completions")
+            prompt = request["messages"][-1]["content"] if chat else request["prompt"]
             with lock:
                 totals["requests"] += 1
                 attempts[prompt] += 1
@@ -107,12 +112,24 @@ def main() -> None:
                     return self._send(200, b"<html>502 from a proxy", "text/html")
                 if kind == "slow" and attempt <= times:
                     time.sleep(4)
-            text = answer(prompt, request.get("max_tokens", 16)) if args.model else answer(prompt)
+            if args.model:
+                templated = llama2_chat(prompt).removeprefix("<s>") if chat else prompt
+                text = answer(templated, request.get("max_tokens", 16))
+            else:
+                text = answer(prompt)
+            if chat:
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": " " + text},
+                    "finish_reason": "stop",
+                }
+            else:
+                choice = {"index": 0, "text": " " + text, "finish_reason": "stop"}
             body = {
                 "id": "cmpl-test",
-                "object": "text_completion",
+                "object": "chat.completion" if chat else "text_completion",
                 "model": request.get("model"),
-                "choices": [{"index": 0, "text": " " + text, "finish_reason": "stop"}],
+                "choices": [choice],
             }
             return self._send(200, json.dumps(body).encode())
 

@@ -74,7 +74,8 @@ def refine(tmp_path: Path, url: str, docs: dict[str, str], **overrides) -> tuple
     return records, stats.to_dict()
 
 
-def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir):
+@pytest.mark.parametrize("api_mode", ["completions", "chat"])
+def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir, api_mode):
     docs = {
         "plain": page(),
         "twice": page(),  # the same prompts again: served from the program cache
@@ -86,7 +87,7 @@ def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir):
         "always-failing": page("FAULT:always500"),
         "bad-request": page("FAULT:400"),
     }
-    records, stats = refine(tmp_path, server, docs)
+    records, stats = refine(tmp_path, server, docs, api_mode=api_mode)
     by_id = {r["id"]: r for r in records}
     assert list(by_id) == list(docs)  # every document, in order
     for name in ("plain", "twice", "flaky500", "dropped-connection", "garbage-body", "slow"):

@@ -52,6 +52,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 max_concurrency=config.max_concurrency,
                 timeout=config.request_timeout,
                 max_retries=config.max_retries,
+                api=config.api_mode,
             ),
             tokenizer=config.tokenizer,
         )

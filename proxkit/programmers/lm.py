@@ -14,6 +14,7 @@ threshold of 0.5 this picks the program greedy decoding would write.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,7 +217,10 @@ class LMProgrammer:
             groups.setdefault((tuple(prefix), keep, drop), []).append(index)
         results: dict[int, float] = {}
         for (prefix, keep, drop), indices in groups.items():
-            extended = [Prompt(prompts[i].text, prompts[i].token_ids + prefix) for i in indices]
+            extended = [
+                dataclasses.replace(prompts[i], token_ids=prompts[i].token_ids + prefix)
+                for i in indices
+            ]
             for index, (keep_lp, drop_lp) in zip(
                 indices, self.backend.next_token_logprobs(extended, [keep, drop])
             ):

@@ -1,5 +1,6 @@
 """The OpenAI-compatible backend: any server with the `/v1/completions` API (vLLM, SGLang,
-llama.cpp server, TGI, hosted APIs).
+llama.cpp server, TGI, hosted APIs), or `/v1/chat/completions` (`--api-mode chat`: the system
+and user messages are sent and the server applies its own chat template).
 
 Requests run concurrently (bounded), each with a timeout, and are retried with exponential
 backoff and jitter on 429, 5xx, connection errors, timeouts and unreadable bodies. A request
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxkit.programmers.lm import GenerationError
-from proxkit.prompts import Prompt
+from proxkit.prompts import SYSTEM_MESSAGE, Prompt
 from proxkit.tokenizer import TokenizerInfo, TokenizerNotFound, load_tokenizer
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -35,6 +36,7 @@ class OpenAISettings:
     timeout: float = 120.0
     max_retries: int = 4
     backoff: float = 0.5  # seconds before the first retry; doubles, capped at 30 s
+    api: str = "completions"  # or "chat": system + user messages, templated by the server
 
 
 class OpenAIBackend:
@@ -43,7 +45,10 @@ class OpenAIBackend:
             raise ValueError("the openai backend needs --api-base (e.g. http://127.0.0.1:8000/v1)")
         self.name = model
         self.settings = settings
-        self.url = settings.api_base.rstrip("/") + "/completions"
+        if settings.api not in ("completions", "chat"):
+            raise ValueError(f"api mode must be completions or chat, got {settings.api!r}")
+        endpoint = "/chat/completions" if settings.api == "chat" else "/completions"
+        self.url = settings.api_base.rstrip("/") + endpoint
         try:
             self.tokenizer: TokenizerInfo = load_tokenizer(tokenizer or model)
         except TokenizerNotFound as exc:
@@ -73,19 +78,20 @@ class OpenAIBackend:
 
             async def one(prompt: Prompt) -> str | Exception:
                 async with semaphore:
-                    return await self._complete(client, self._prompt_text(prompt), max_new_tokens)
+                    return await self._complete(client, self._payload(prompt, max_new_tokens))
 
             return list(await asyncio.gather(*(one(p) for p in prompts)))
 
-    async def _complete(self, client, prompt: str, max_new_tokens: int) -> str | Exception:
+    def _payload(self, prompt: Prompt, max_new_tokens: int) -> dict:
+        request = {"model": self.name, "max_tokens": max_new_tokens, "temperature": 0.0}
+        if self.settings.api == "chat":
+            system = {"role": "system", "content": SYSTEM_MESSAGE}
+            return {**request, "messages": [system, {"role": "user", "content": prompt.user}]}
+        return {**request, "prompt": self._prompt_text(prompt)}
+
+    async def _complete(self, client, payload: dict) -> str | Exception:
         import httpx
 
-        payload = {
-            "model": self.name,
-            "prompt": prompt,
-            "max_tokens": max_new_tokens,
-            "temperature": 0.0,
-        }
         reason = "no attempt made"
         for attempt in range(self.settings.max_retries + 1):
             if attempt:
@@ -105,7 +111,10 @@ class OpenAIBackend:
             if response.status_code >= 400:
                 return GenerationError(f"HTTP {response.status_code}: {response.text[:200]}")
             try:
-                text = response.json()["choices"][0]["text"]
+                choice = response.json()["choices"][0]
+                text = (
+                    choice["message"]["content"] if self.settings.api == "chat" else choice["text"]
+                )
             except (ValueError, KeyError, IndexError, TypeError):
                 reason = f"unreadable response body: {response.text[:200]!r}"
                 continue
