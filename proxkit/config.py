@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,6 @@ class RefineConfig:
             elif name in values:
                 values[name] = tuple(values[name])
         return cls(thresholds=Thresholds(**thresholds), **values)
-
-    def with_(self, **changes: Any) -> RefineConfig:
-        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

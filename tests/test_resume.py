@@ -205,7 +205,11 @@ def test_an_input_changing_during_the_run_is_not_marked_complete(tmp_path):
         "".join(json.dumps({"id": str(i), "text": "words " * 50}) + "\n" for i in range(20000))
     )
     process = subprocess.Popen(command(inputs, tmp_path / "out"), stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    manifest = tmp_path / "out" / "_prox" / "run.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and time.time() < deadline:  # the run has planned its units
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before the input could change"
     with big.open("a") as handle:
         handle.write(
             json.dumps({"id": "late", "text": "appended while the run reads the file"}) + "\n"

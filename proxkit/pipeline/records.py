@@ -15,9 +15,6 @@ from proxkit.io.readers import Document, Fields
 from proxkit.program.executor import (
     ExecutionResult,
     Mode,
-    Thresholds,
-    execute_chunk,
-    execute_doc,
 )
 
 
@@ -47,25 +44,6 @@ def _metadata(document: Document) -> dict[str, Any]:
     if isinstance(metadata, dict):
         return dict(metadata)
     return {} if metadata is None else {"source_metadata": metadata}
-
-
-def refine(
-    document: Document,
-    doc_program: str | None,
-    chunk_program: str | None,
-    mode: Mode = "strict",
-    thresholds: Thresholds = Thresholds(),
-    fields: Fields = Fields(),
-) -> Refined:
-    """Run the doc program, then (if the document is kept) the chunk program."""
-    original = original_text(document)
-    doc_result = execute_doc(original, doc_program, mode) if doc_program is not None else None
-    chunk_result = None
-    if chunk_program is not None and not (doc_result is not None and doc_result.dropped):
-        chunk_result = execute_chunk(original, chunk_program, mode, thresholds)
-    return assemble(
-        document, original, doc_program, doc_result, chunk_program, chunk_result, mode, fields
-    )
 
 
 def assemble(
