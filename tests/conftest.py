@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
 LLAMA2 = SHARED / "tokenizers" / "llama2"
 EXAMPLES = REPO / "examples"
+EXAMPLE_CORPUS = EXAMPLES / "web_docs.jsonl.gz"
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,11 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def example_records() -> list[dict]:
+    """The shipped example corpus, as records."""
+    return read_jsonl(EXAMPLE_CORPUS)
 
 
 def read_jsonl(path: Path) -> list[dict]:

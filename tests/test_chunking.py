@@ -184,14 +184,11 @@ def test_fast_line_counts_equal_the_tokenizer_on_llama2(llama2_dir, lines, first
 
 
 def test_fast_line_counts_equal_the_tokenizer_on_the_whole_example_corpus(llama2_dir):
-    import gzip
-    import json
 
-    from conftest import EXAMPLES
+    from conftest import example_records
 
     tokenizer = load_tokenizer(str(llama2_dir)).backend
-    with gzip.open(EXAMPLES / "web_docs.jsonl.gz", "rt") as handle:
-        documents = [json.loads(line)["text"].split("\n") for line in handle]
+    documents = [record["text"].split("\n") for record in example_records()]
     counts = LineCounter(tokenizer).count(documents)
     for lines, document_counts in zip(documents, counts):
         numbered = number_lines("\n".join(lines))

@@ -3,9 +3,6 @@ writes a malformed one, where the same model and prompts unconstrained do."""
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +10,7 @@ from hypothesis import strategies as st
 from proxkit.program import KeepDoc, Normalize, Program, RemoveLines, execute_chunk, parse
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 
-from conftest import EXAMPLES
+from conftest import example_records
 
 TEXT = "Home | Docs\nThe quick brown fox.\nCopyright 2024"
 CHUNK = ProgramGrammar("chunk", 10, 12, TEXT)
@@ -126,8 +123,7 @@ def test_constrained_generation_never_writes_a_malformed_program(steps, tmp_path
     from tiny_model import build_tiny_model
 
     backend = TransformersBackend(str(build_tiny_model(tmp_path / "m", llama2_dir, steps=steps)))
-    with gzip.open(EXAMPLES / "web_docs.jsonl.gz", "rt") as handle:
-        texts = [json.loads(line)["text"] for _, line in zip(range(3), handle)]
+    texts = [record["text"] for record in example_records()[:3]]
     chunks = [c for doc in Chunker(backend.tokenizer.backend, 300)(texts) for c in doc][:12]
     prompts = chunk_prompts(chunks, backend.tokenizer)
     grammars = [

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 from proxkit.config import RefineConfig  # noqa: E402
 from proxkit.pipeline.local import run_local  # noqa: E402
 
-from conftest import EXAMPLES  # noqa: E402
+from conftest import example_records  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,8 +28,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ray_corpus")
-    with gzip.open(EXAMPLES / "web_docs.jsonl.gz", "rt") as handle:
-        records = [json.loads(line) for line in handle]
+    records = example_records()
     for part in range(3):
         chosen = records[part * 60 : (part + 1) * 60]
         (folder / f"p{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))

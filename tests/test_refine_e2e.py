@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import EXAMPLES, read_jsonl, write_jsonl
+from conftest import EXAMPLE_CORPUS, read_jsonl, write_jsonl
 
-CORPUS = EXAMPLES / "web_docs.jsonl.gz"
+CORPUS = EXAMPLE_CORPUS
 RULES = ("--doc-programmer", "rules", "--chunk-programmer", "rules")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES
+from conftest import example_records
 
 RULES = ("--doc-programmer", "rules", "--chunk-programmer", "rules")
 
@@ -49,8 +49,7 @@ def outputs(folder: Path) -> dict[str, bytes]:
 def corpus(tmp_path_factory) -> Path:
     """3,200 documents in 5 files."""
     folder = tmp_path_factory.mktemp("corpus")
-    with gzip.open(EXAMPLES / "web_docs.jsonl.gz", "rt") as handle:
-        records = [json.loads(line) for line in handle]
+    records = example_records()
     for part in range(5):
         with gzip.open(folder / f"part{part}.jsonl.gz", "wt") as out:
             for copy in range(2):
