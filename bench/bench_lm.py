@@ -8,6 +8,10 @@ weights: speed does not depend on them). Reports, in one run on the same prompts
   trained model writes it (`keep_doc()` is 4 tokens with the Llama-2 tokenizer, then EOS).
 
     python bench/bench_lm.py [--docs 16] [--doc-tokens 512] [--device cpu] [--json out.json]
+    python bench/bench_lm.py --device cuda --docs 512 --batch-tokens 65536 --max-batch-size 256
+
+On a GPU the peak is bf16 and the model runs in bf16; "fraction of matmul peak" is then the MFU
+against that same-run peak.
 """
 
 from __future__ import annotations
@@ -20,22 +24,30 @@ import tempfile
 import time
 from pathlib import Path
 
+from proxkit.programmers.hf import HFSettings, TransformersBackend
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def matmul_peak(torch, device: str, dtype) -> float:
     """Best GFLOP/s of square and model-shaped products."""
+    on_gpu = device.startswith("cuda")
+    shapes = [(2048, 2048, 2048), (4096, 1280, 2048), (4096, 2048, 1280), (4096, 1280, 1280)]
+    if on_gpu:  # a GPU reaches its peak only on large products
+        shapes += [(8192, 8192, 8192), (16384, 1280, 2048)]
     best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (4096, 1280, 2048), (4096, 2048, 1280), (4096, 1280, 1280)):
+    for m, k, n in shapes:
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
         for _ in range(2):
             a @ b
-        repeats = 5
+        repeats = 20 if on_gpu else 5
+        if on_gpu:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        if device.startswith("cuda"):
+        if on_gpu:
             torch.cuda.synchronize()
         best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9)
     return best
@@ -68,13 +80,15 @@ def main() -> None:
         "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
     )
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=HFSettings.batch_tokens)
+    parser.add_argument("--max-batch-size", type=int, default=HFSettings.max_batch_size)
+    parser.add_argument("--compile", action="store_true", help="torch.compile one-pass scoring")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     import torch
 
     from proxkit.io.readers import Document
-    from proxkit.programmers.hf import HFSettings, TransformersBackend
     from proxkit.programmers.lm import DocScoring, LMProgrammer
     from proxkit.prompts import doc_prompts
     from proxkit.testing import REFINING_LM_0_3B, random_llama
@@ -84,7 +98,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         random_llama(Path(folder), Path(args.tokenizer), **REFINING_LM_0_3B)
         backend = TransformersBackend(
-            folder, HFSettings(device=args.device, dtype=str(dtype).split(".")[1])
+            folder,
+            HFSettings(
+                device=args.device,
+                dtype=str(dtype).split(".")[1],
+                batch_tokens=args.batch_tokens,
+                max_batch_size=args.max_batch_size,
+                compile=args.compile,
+            ),
         )
 
         vocabulary = [
@@ -157,8 +178,9 @@ def main() -> None:
                 }
             )
 
+    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
-        f"device {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
+        f"device {args.device} ({hardware}), {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
         f"per length; matmul peak {peak:.1f} GFLOP/s"
     )
     header = list(rows[0])
@@ -167,7 +189,9 @@ def main() -> None:
         print("  ".join(f"{row[h]!s:>24}" for h in header))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": hardware, "matmul_peak_gflops": peak, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

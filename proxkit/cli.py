@@ -332,6 +332,14 @@ def refine(
             help="transformers backend: prompt tokens per forward batch, padding included. [default: 16384]",
         ),
     ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="transformers backend: torch.compile the one-pass doc scoring (fuses the small "
+            "element-wise kernels; pays off on GPUs and long runs). [default: no]",
+        ),
+    ] = None,
     tensor_parallel: Annotated[
         int | None,
         typer.Option("--tensor-parallel", help="vllm backend: GPUs per model. [default: 1]"),

@@ -64,6 +64,7 @@ class RefineConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int = 16_384
+    compile_model: bool = False
     tensor_parallel: int = 1
     api_base: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"

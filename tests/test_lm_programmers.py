@@ -14,7 +14,7 @@ from proxkit.config import RefineConfig
 from proxkit.io.readers import Document
 from proxkit.pipeline.local import run_local
 from proxkit.programmers import make_programmer
-from proxkit.programmers.hf import ModelNotFound, TransformersBackend
+from proxkit.programmers.hf import HFSettings, ModelNotFound, TransformersBackend
 from proxkit.programmers.lm import DocScoring, LMProgrammer
 from proxkit.prompts import doc_prompts
 
@@ -80,6 +80,16 @@ def test_batched_results_equal_one_at_a_time_in_input_order(trained_model):
     together = backend.next_token_logprobs(prompts, [1, 2, 3])
     for prompt, row in zip(prompts, together):
         assert row == pytest.approx(backend.next_token_logprobs([prompt], [1, 2, 3])[0], abs=1e-4)
+
+
+def test_compiled_scoring_gives_the_eager_log_probs(trained_model):
+    eager = TransformersBackend(str(trained_model))
+    compiled = TransformersBackend(str(trained_model), HFSettings(compile=True))
+    docs, _ = documents(6)
+    prompts = doc_prompts([d.text * (1 + i % 2) for i, d in enumerate(docs)], eager.tokenizer)
+    expected = eager.next_token_logprobs(prompts, [1, 2, 3])
+    for got, want in zip(compiled.next_token_logprobs(prompts, [1, 2, 3]), expected):
+        assert got == pytest.approx(want, abs=1e-3)
 
 
 def test_refine_with_a_model_folder(trained_model, tmp_path):

@@ -70,7 +70,12 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
             )
         backend = TransformersBackend(
             spec,
-            HFSettings(device=config.device, dtype=config.dtype, batch_tokens=config.batch_tokens),
+            HFSettings(
+                device=config.device,
+                dtype=config.dtype,
+                batch_tokens=config.batch_tokens,
+                compile=config.compile_model,
+            ),
         )
     scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)
     return LMProgrammer(

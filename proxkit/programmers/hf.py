@@ -38,6 +38,7 @@ class HFSettings:
     batch_tokens: int = 16_384  # prompt tokens per forward batch (padding included)
     max_batch_size: int = 64
     threads: int = 0  # CPU threads for torch; 0: one per core
+    compile: bool = False  # torch.compile the decoder used by one-pass scoring
 
 
 def _batches(
@@ -80,6 +81,11 @@ class TransformersBackend:
         except Exception as exc:
             raise ModelNotFound(missing_model_message(name_or_path, exc)) from exc
         self.model.eval()
+        # Only one-pass scoring uses the compiled decoder: its shapes vary by batch alone,
+        # while generate's growing KV cache would recompile at every step.
+        self.scoring_decoder = self.model.get_decoder()
+        if settings.compile:
+            self.scoring_decoder = torch.compile(self.scoring_decoder, dynamic=True)
         self.device = device
         eos = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.backend.token_to_id(eos) if eos else None
@@ -146,8 +152,7 @@ class TransformersBackend:
                 # Left padding puts every prompt's last token at the final position; only that
                 # position's logits are needed, so the LM head runs on one row per prompt.
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                decoder = self.model.get_decoder()
-                hidden = decoder(
+                hidden = self.scoring_decoder(
                     input_ids=ids, attention_mask=mask, position_ids=positions
                 ).last_hidden_state
                 logits = self.model.get_output_embeddings()(hidden[:, -1]).float()
