@@ -8,7 +8,8 @@ weights: speed does not depend on them). Reports, in one run on the same prompts
   trained model writes it (`keep_doc()` is 4 tokens with the Llama-2 tokenizer, then EOS).
 
     python bench/bench_lm.py [--docs 16] [--doc-tokens 512] [--device cpu] [--json out.json]
-    python bench/bench_lm.py --device cuda --docs 512 --batch-tokens 65536 --max-batch-size 256
+    python bench/bench_lm.py --device cuda --compile --docs 512 --batch-tokens 131072 --max-batch-size 512
+    python bench/bench_lm.py --device cuda --backend vllm --docs 512
 
 On a GPU the peak is bf16 and the model runs in bf16; "fraction of matmul peak" is then the MFU
 against that same-run peak.
@@ -83,6 +84,12 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=HFSettings.batch_tokens)
     parser.add_argument("--max-batch-size", type=int, default=HFSettings.max_batch_size)
     parser.add_argument("--compile", action="store_true", help="torch.compile one-pass scoring")
+    parser.add_argument(
+        "--backend",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="vllm: the same measurements through proxkit's vLLM backend (GPU, extra [vllm])",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -97,16 +104,21 @@ def main() -> None:
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     with tempfile.TemporaryDirectory() as folder:
         random_llama(Path(folder), Path(args.tokenizer), **REFINING_LM_0_3B)
-        backend = TransformersBackend(
-            folder,
-            HFSettings(
-                device=args.device,
-                dtype=str(dtype).split(".")[1],
-                batch_tokens=args.batch_tokens,
-                max_batch_size=args.max_batch_size,
-                compile=args.compile,
-            ),
-        )
+        if args.backend == "vllm":
+            from proxkit.programmers.vllm import VLLMBackend
+
+            backend = VLLMBackend(folder, dtype=str(dtype).split(".")[1])
+        else:
+            backend = TransformersBackend(
+                folder,
+                HFSettings(
+                    device=args.device,
+                    dtype=str(dtype).split(".")[1],
+                    batch_tokens=args.batch_tokens,
+                    max_batch_size=args.max_batch_size,
+                    compile=args.compile,
+                ),
+            )
 
         vocabulary = [
             "the",
@@ -180,7 +192,7 @@ def main() -> None:
 
     hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
-        f"device {args.device} ({hardware}), {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
+        f"{args.backend} on {args.device} ({hardware}), {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
         f"per length; matmul peak {peak:.1f} GFLOP/s"
     )
     header = list(rows[0])
@@ -190,7 +202,15 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
-            json.dumps({"device": hardware, "matmul_peak_gflops": peak, "rows": rows}, indent=2)
+            json.dumps(
+                {
+                    "backend": args.backend,
+                    "device": hardware,
+                    "matmul_peak_gflops": peak,
+                    "rows": rows,
+                },
+                indent=2,
+            )
         )
 
 
