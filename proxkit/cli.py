@@ -1,4 +1,5 @@
-"""The `prox` command line: refine a corpus, re-execute stored programs, show model prompts."""
+"""The `prox` command line: refine a corpus, re-execute stored programs, show model prompts,
+and make new refining models (annotate, sft-data, train, evaluate)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from rich.table import Table
 
 from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
-from proxkit.pipeline.local import OutputExists, RejectLog, RunPaths, run_local
+from proxkit.io.rejects import RejectLog
+from proxkit.pipeline.local import OutputExists, RunPaths, run_local
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import ResumeRefused
 from proxkit.program import Thresholds
@@ -536,6 +538,262 @@ def verify(
     if not report.ok:
         raise typer.Exit(1)
     stdout.print("ok: every input record is accounted for exactly once", highlight=False)
+
+
+def _load_flat(cls: type, config_file: Path | None, arguments: dict[str, Any], **fixed: Any):
+    """A command's config dataclass from --config YAML and the flags named like its fields."""
+    from proxkit.config import load_flat
+
+    names = {f.name for f in fields(cls)}
+    overrides = {**{k: v for k, v in arguments.items() if k in names}, **fixed}
+    try:
+        return load_flat(cls, config_file, overrides)
+    except (ConfigError, TypeError, OSError) as exc:
+        _fail(f"configuration: {exc}")
+
+
+def _print_mapping(title: str, rows: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        table.add_row(name, str(value))
+    stdout.print(table)
+
+
+Stages = Annotated[str | None, typer.Option("--stages", help="doc, chunk or doc,chunk.")]
+Overwrite_ = Annotated[bool | None, typer.Option("--overwrite", help="Replace the output.")]
+
+
+@app.command()
+def annotate(
+    inputs: Inputs,
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder.")],
+    teacher_model: Annotated[
+        str | None, typer.Option("--teacher-model", help="The teacher's model name on the server.")
+    ] = None,
+    api_base: Annotated[
+        str | None,
+        typer.Option("--api-base", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="The student model's tokenizer (folder or Hub id): chunks are cut as it will see them.",
+        ),
+    ] = None,
+    sample_size: Annotated[
+        int | None, typer.Option("--sample-size", help="Documents to annotate. [default: 1000]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
+    stages: Stages = None,
+    doc_rubric: Annotated[
+        str | None, typer.Option("--doc-rubric", help="Rubric name or YAML file. [default: doc-v1]")
+    ] = None,
+    chunk_rubric: Annotated[
+        str | None,
+        typer.Option("--chunk-rubric", help="Rubric name or YAML file. [default: chunk-v1]"),
+    ] = None,
+    min_educational_value: Annotated[
+        int | None,
+        typer.Option("--min-educational-value", help="Keep at or above this score. [default: 2]"),
+    ] = None,
+    min_format_readability: Annotated[
+        int | None,
+        typer.Option("--min-format-readability", help="Keep at or above this score. [default: 2]"),
+    ] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", help="Requests in flight. [default: 16]")
+    ] = None,
+    config_file: ConfigFile = None,
+    overwrite: Overwrite_ = None,
+    quiet: Quiet = False,
+) -> None:
+    """Have a teacher LLM label a seeded, length-stratified sample: doc-level scores mapped to
+    keep/drop, and a program per chunk. Re-running the same command resumes."""
+    from proxkit.synth.annotate import AnnotateConfig, AnnotationExists, run_annotate
+    from proxkit.synth.rubric import RubricError
+    from proxkit.tokenizer import TokenizerNotFound
+
+    config = _load_flat(AnnotateConfig, config_file, locals(), inputs=tuple(inputs))
+    try:
+        summary = run_annotate(config, progress=not quiet)
+    except (AnnotationExists, RubricError, TokenizerNotFound, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    rows = {
+        "documents read": summary["documents_read"],
+        "rejected records": summary["rejected_records"],
+        "annotated now / before": f"{summary['annotated_now']} / {summary['already_done']}",
+        **{f"doc {k}": v for k, v in summary["doc"].items()},
+        **{f"chunk {k}": v for k, v in summary["chunk"].items()},
+    }
+    _print_mapping("prox annotate", rows)
+    stdout.print(
+        f"annotations: {Path(output) / 'annotations.jsonl'}; next: prox sft-data", highlight=False
+    )
+
+
+@app.command("sft-data")
+def sft_data(
+    annotations: Annotated[str, typer.Argument(help="A prox annotate folder or annotations file.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder.")],
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="The student model's tokenizer.")
+    ] = None,
+    validation_fraction: Annotated[
+        float | None,
+        typer.Option("--validation-fraction", help="Share of documents held out. [default: 0.1]"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Split seed. [default: 0]")] = None,
+    stages: Stages = None,
+    config_file: ConfigFile = None,
+    overwrite: Overwrite_ = None,
+) -> None:
+    """Turn annotations into train/validation examples in the refining models' chat format."""
+    from proxkit.synth.sft import SFTConfig, write_sft_data
+    from proxkit.tokenizer import TokenizerNotFound
+
+    config = _load_flat(SFTConfig, config_file, locals())
+    try:
+        manifest = write_sft_data(config)
+    except (FileNotFoundError, FileExistsError, TokenizerNotFound, ValueError) as exc:
+        _fail(str(exc))
+    rows = {
+        **{f"documents {k}": v for k, v in manifest["documents"].items()},
+        **{f"examples {k}": v for k, v in manifest["examples"].items()},
+        **{f"left out: {k}": v for k, v in manifest["left_out"].items()},
+        "unreadable annotation lines": manifest["unreadable_annotation_lines"],
+    }
+    _print_mapping("prox sft-data", rows)
+    stdout.print(
+        f"examples: {output}/train.jsonl, validation.jsonl; held out: heldout.jsonl",
+        highlight=False,
+    )
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="A prox sft-data folder.")],
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="Hub id or checkpoint folder to fine-tune.")
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Checkpoint folder.")] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", help="LoRA rank; 0: full fine-tuning. [default: 0]")
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option("--learning-rate", help="[default: 1e-5 full, 2e-4 LoRA]"),
+    ] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="[default: 3]")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many steps.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Per device. [default: 16]")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="Longest example in tokens. [default: 2048]")
+    ] = None,
+    config_file: ConfigFile = None,
+    overwrite: Overwrite_ = None,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a causal LM on sft-data examples (loss on the answers only); the result is a
+    checkpoint folder for --doc-programmer / --chunk-programmer."""
+    try:
+        from proxkit.train.trainer import TokenizerMismatch, TrainConfig
+        from proxkit.train.trainer import train as run_training
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        _fail(f"prox train needs the [train] extra: pip install 'proxkit[train]' ({exc})")
+    from proxkit.tokenizer import TokenizerNotFound
+
+    config = _load_flat(TrainConfig, config_file, locals())
+    try:
+        report = run_training(config, progress=not quiet)
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        TokenizerMismatch,
+        TokenizerNotFound,
+        ConfigError,
+    ) as exc:
+        _fail(str(exc))
+    rows = {k: v for k, v in report.items() if k != "config"}
+    _print_mapping("prox train", rows)
+    stdout.print(
+        f"checkpoint: {config.output}; use it with --doc-programmer / --chunk-programmer",
+        highlight=False,
+    )
+
+
+@app.command()
+def evaluate(
+    annotations: Annotated[
+        str, typer.Argument(help="Held-out annotations (sft-data's heldout.jsonl).")
+    ],
+    programmer: Annotated[
+        str | None,
+        typer.Option("--programmer", help="For both stages: rules, a model folder, a Hub id."),
+    ] = None,
+    doc_programmer: Annotated[str | None, typer.Option("--doc-programmer")] = None,
+    chunk_programmer: Annotated[str | None, typer.Option("--chunk-programmer")] = None,
+    stages: Stages = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="transformers, vllm or openai.")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer")] = None,
+    api_base: Annotated[str | None, typer.Option("--api-base")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="A prox refine YAML config: programmer settings."),
+    ] = None,
+) -> None:
+    """Score a programmer against held-out teacher annotations: doc-level accuracy, drop
+    precision/recall/F1 and keep-score calibration; chunk-level line-removal P/R/F1, normalize
+    matches, malformed programs and words kept."""
+    import json
+
+    from proxkit.evaluate.run import evaluate as run_evaluation
+    from proxkit.tokenizer import TokenizerNotFound
+
+    overrides = _overrides(locals())
+    if programmer:
+        overrides = {
+            "doc_programmer": programmer,
+            "chunk_programmer": programmer,
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
+    config = _load(config_file, overrides)
+    try:
+        report = run_evaluation(annotations, config)
+    except (FileNotFoundError, UnknownProgrammer, ModelNotFound, TokenizerNotFound) as exc:
+        _fail(str(exc))
+    for problem in report["unreadable_lines"]:
+        stderr.print(f"[bold red]skipped:[/] {problem}", highlight=False)
+    for stage in ("doc", "chunk"):
+        if stage in report:
+            _print_mapping(f"prox evaluate: {stage} level", dict(_flatten(report[stage])))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        stdout.print(f"report: {json_path}", highlight=False)
+
+
+def _flatten(data: dict[str, Any], prefix: str = ""):
+    for key, value in data.items():
+        if key == "bins":
+            continue
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key} ")
+        else:
+            yield f"{prefix}{key}", "-" if value is None else value
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -19,6 +19,8 @@ from proxkit.chunking import DEFAULT_CHUNK_TOKENS
 from proxkit.program.executor import MODES, Mode, Thresholds
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -100,15 +102,7 @@ class RefineConfig:
     def load(
         cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
     ) -> RefineConfig:
-        values: dict[str, Any] = {}
-        if path is not None:
-            with open(path, encoding="utf-8") as handle:
-                loaded = yaml.safe_load(handle) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a mapping of option names to values")
-            values.update(loaded)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls.from_dict(values)
+        return cls.from_dict(yaml_with_overrides(path, overrides))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RefineConfig:
@@ -132,3 +126,42 @@ class RefineConfig:
         data["inputs"] = list(self.inputs)
         data["stages"] = list(self.stages)
         return data
+
+
+def yaml_with_overrides(
+    path: str | Path | None, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The YAML file's values (if any), with the flags that were given on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of option names to values")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def load_flat(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None) -> T:
+    """A flat config dataclass (annotate, sft-data, train, evaluate) from YAML and flags;
+    unknown keys are an error, lists become tuples."""
+    values = yaml_with_overrides(path, overrides)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        if "tuple" in str(known[name].type):
+            if isinstance(value, str):
+                values[name] = tuple(v for v in value.split(",") if v)
+            elif isinstance(value, list):
+                values[name] = tuple(value)
+    return cls(**values)
+
+
+def to_plain(config: Any) -> dict[str, Any]:
+    """A config dataclass as YAML-ready data (tuples as lists)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }

@@ -45,7 +45,8 @@ def llama2_chat(user: str, system: str = SYSTEM_MESSAGE, bos_token: str = "<s>")
 
 
 @lru_cache(maxsize=8)
-def _compiled_template(source: str):
+def compiled_template(source: str):
+    """A Jinja template in a sandbox (templates come from model folders and users' files)."""
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -62,12 +63,43 @@ def render_chat(tokenizer: TokenizerInfo, user: str, system: str = SYSTEM_MESSAG
     if tokenizer.chat_template is None:
         return llama2_chat(user, system, tokenizer.bos_token or "<s>")
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return _compiled_template(tokenizer.chat_template).render(
+    return compiled_template(tokenizer.chat_template).render(
         messages=messages,
         add_generation_prompt=True,
         bos_token=tokenizer.bos_token or "",
         eos_token=tokenizer.eos_token or "",
     )
+
+
+def answer_text(tokenizer: TokenizerInfo, prompt: Prompt, answer: str) -> str:
+    """What follows `prompt` when the model writes `answer`, end of turn included, exactly as
+    the chat format renders an assistant turn (Llama-2: " answer </s>")."""
+    if tokenizer.chat_template is None:
+        return f" {answer.strip()} {tokenizer.eos_token or '</s>'}"
+    messages = [
+        {"role": "system", "content": SYSTEM_MESSAGE},
+        {"role": "user", "content": prompt.user},
+        {"role": "assistant", "content": answer},
+    ]
+    full = compiled_template(tokenizer.chat_template).render(
+        messages=messages,
+        add_generation_prompt=False,
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+    )
+    if not full.startswith(prompt.text):
+        raise ValueError("the chat template renders the answer turn without the prompt as prefix")
+    return full[len(prompt.text) :]
+
+
+def answer_ids(tokenizer: TokenizerInfo, prompt: Prompt, answer: str) -> tuple[int, ...]:
+    """The token ids the model must produce after `prompt.token_ids` to write `answer`."""
+    ids = tokenizer.backend.encode(
+        prompt.text + answer_text(tokenizer, prompt, answer), add_special_tokens=False
+    ).ids
+    if tuple(ids[: len(prompt.token_ids)]) != prompt.token_ids:
+        raise ValueError("the answer changes the tokenization of the prompt it follows")
+    return tuple(ids[len(prompt.token_ids) :])
 
 
 def wrap_chunk(chunk_text: str) -> str:

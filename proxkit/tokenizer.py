@@ -9,6 +9,7 @@ is not a local folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ class TokenizerInfo:
     bos_token: str | None = None
     eos_token: str | None = None
     chat_template: str | None = None
+
+    def fingerprint(self) -> str:
+        """Identifies the vocabulary, merges, special tokens and chat format: two tokenizers
+        with one fingerprint turn the same prompt into the same ids."""
+        parts = (self.backend.to_str(), self.bos_token, self.eos_token, self.chat_template)
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _token_text(value: object) -> str | None:
@@ -67,7 +74,7 @@ def _chat_template(folder: Path, config: dict) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _resolve_folder(name_or_path: str) -> Path:
+def resolve_folder(name_or_path: str) -> Path:
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return folder
@@ -89,7 +96,7 @@ def _resolve_folder(name_or_path: str) -> Path:
 
 def load_tokenizer(name_or_path: str) -> TokenizerInfo:
     """Load from a local folder (tokenizer.json + tokenizer_config.json) or a Hub id."""
-    folder = _resolve_folder(name_or_path)
+    folder = resolve_folder(name_or_path)
     config = _read_json(folder / "tokenizer_config.json")
     special = _read_json(folder / "special_tokens_map.json")
     tokenizer_file = folder / "tokenizer.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,16 @@ operations = st.one_of(
     ranges,
     st.builds(Normalize, texts, texts),
 )
+
+
+OPENAI_SERVER = Path(__file__).with_name("openai_server.py")
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """Start tests/openai_server.py as a real process on 127.0.0.1; (process, base URL)."""
+    process = subprocess.Popen(
+        [sys.executable, str(OPENAI_SERVER), *args], stdout=subprocess.PIPE, text=True
+    )
+    line = process.stdout.readline()
+    assert line.startswith("READY"), line
+    return process, f"http://127.0.0.1:{line.split()[1]}/v1"

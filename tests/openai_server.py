@@ -1,6 +1,6 @@
 """A real OpenAI-compatible completions server for the tests, with faults on demand.
 
-    python tests/openai_server.py [--model FOLDER]   # prints "READY <port>" when listening
+    python tests/openai_server.py [--model FOLDER | --teacher]   # prints "READY <port>"
 
 It serves POST /v1/completions and /v1/chat/completions (the user message is the prompt).
 
@@ -44,9 +44,45 @@ def scripted(prompt: str) -> str:
     return "\n".join(program) or "keep_doc()"
 
 
+def teacher(messages: list[dict]) -> str:
+    """A scripted teacher for `prox annotate`. Documents holding "CLICK" (spam) score low; chunk lines
+    holding MENU are removed and "&nbsp;" is normalized. Markers ask for bad answers:
+    TEACHER:nonjson, TEACHER:refuse, TEACHER:missing (always), TEACHER:fixable (bad, then good
+    on the retry), TEACHER:outofrange and TEACHER:syntax (chunk programs, always)."""
+    first_ask = messages[1]["content"]
+    retry = len(messages) > 2
+    if "educational_value" in first_ask:
+        document = first_ask.split("<<<DOCUMENT", 1)[1]
+        if "TEACHER:nonjson" in document or ("TEACHER:fixable" in document and not retry):
+            return "This page looks fine to me."
+        if "TEACHER:refuse" in document:
+            return "I'm sorry, but I can't help with that."
+        if "TEACHER:missing" in document:
+            return '{"educational_value": 3}'
+        spam = "CLICK" in document
+        scores = {"educational_value": 1 if spam else 4, "format_readability": 2 if spam else 4}
+        return "```json\n" + json.dumps({**scores, "reason": "scripted"}) + "\n```"
+    if "TEACHER:outofrange" in first_ask:
+        return "remove_lines(line_start=9000, line_end=9001)"
+    if "TEACHER:syntax" in first_ask:
+        return "remove_lines(line_start=1,"
+    program = []
+    for match in re.finditer(r"^\[(\d+)\](.*)$", first_ask, re.MULTILINE):
+        if "MENU" in match.group(2):
+            line = int(match.group(1))
+            program.append(f"remove_lines(line_start={line}, line_end={line})")
+        if (
+            "&nbsp;" in match.group(2)
+            and 'normalize(source_str="&nbsp;", target_str=" ")' not in program
+        ):
+            program.append('normalize(source_str="&nbsp;", target_str=" ")')
+    return "\n".join(program) or "keep_doc()"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="serve this local model instead of the script")
+    parser.add_argument("--teacher", action="store_true", help="answer as a scripted teacher")
     args = parser.parse_args()
     answer = scripted
     if args.model:
@@ -112,7 +148,9 @@ def main() -> None:
                     return self._send(200, b"<html>502 from a proxy", "text/html")
                 if kind == "slow" and attempt <= times:
                     time.sleep(4)
-            if args.model:
+            if args.teacher:
+                text = teacher(request["messages"])
+            elif args.model:
                 templated = llama2_chat(prompt).removeprefix("<s>") if chat else prompt
                 text = answer(templated, request.get("max_tokens", 16))
             else:

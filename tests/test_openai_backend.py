@@ -4,8 +4,6 @@ faults: slow answers, 500s, cut connections, garbage bodies, client errors."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,19 +13,9 @@ from proxkit.config import RefineConfig
 from proxkit.pipeline.local import run_local
 from proxkit.program import Thresholds
 
-from conftest import LLAMA2
+from conftest import LLAMA2, start_server
 
-SERVER = Path(__file__).with_name("openai_server.py")
 BODY = "A sentence of ordinary article text that should stay in place.\n"
-
-
-def start_server(*args: str):
-    process = subprocess.Popen(
-        [sys.executable, str(SERVER), *args], stdout=subprocess.PIPE, text=True
-    )
-    line = process.stdout.readline()
-    assert line.startswith("READY"), line
-    return process, f"http://127.0.0.1:{line.split()[1]}/v1"
 
 
 @pytest.fixture

@@ -33,13 +33,12 @@ from proxkit.io.readers import (
     read_inputs,
     record_format,
 )
+from proxkit.io.rejects import RejectLog
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, fingerprint, plan_units
 from proxkit.programmers import make_programmer
-
-REJECTS_SHOWN = 20
 
 
 class OutputExists(RuntimeError):
@@ -75,32 +74,6 @@ class RunPaths:
         elif self.output.is_dir():
             found += [p for p in self.output.iterdir() if p.name.startswith("part-")]
         return found
-
-
-class RejectLog:
-    """Writes rejected records to a JSONL file (created on the first reject) and echoes the
-    first few to stderr, so every reject is both visible and kept."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.count = 0
-        self.handle = None
-
-    def add(self, reject: Reject) -> None:
-        self.count += 1
-        if self.count <= REJECTS_SHOWN:
-            where = f"{reject.source}:{reject.position}" if reject.position else reject.source
-            print(f"rejected {where}: {reject.reason}", file=sys.stderr)
-        elif self.count == REJECTS_SHOWN + 1:
-            print(f"more rejects: see {self.path}", file=sys.stderr)
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("w", encoding="utf-8")
-        self.handle.write(json.dumps(reject.to_record(), ensure_ascii=False) + "\n")
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
 
 
 def prepare_output(paths: RunPaths, overwrite: bool) -> None:

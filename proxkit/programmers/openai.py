@@ -7,6 +7,9 @@ backoff and jitter on 429, 5xx, connection errors, timeouts and unreadable bodie
 that still fails comes back as a `GenerationError` in its slot: the programmer keeps that
 document unrefined and records why, and the run goes on.
 
+`OpenAIClient` is the request machinery alone; teacher annotation (`proxkit.synth`) sends its
+own chat requests through it.
+
 Prompts are sent as text without their leading BOS token, because completion servers add BOS
 themselves (sending it as text would make the model read two). The tokenizer (for chunking
 and prompts) is the model's own: `--tokenizer` when the served model name is not a local
@@ -39,35 +42,25 @@ class OpenAISettings:
     api: str = "completions"  # or "chat": system + user messages, templated by the server
 
 
-class OpenAIBackend:
-    def __init__(self, model: str, settings: OpenAISettings, tokenizer: str | None = None) -> None:
+class OpenAIClient:
+    """Sends request bodies to one endpoint, concurrently, with retries; knows no prompts."""
+
+    def __init__(self, settings: OpenAISettings) -> None:
         if not settings.api_base:
             raise ValueError("the openai backend needs --api-base (e.g. http://127.0.0.1:8000/v1)")
-        self.name = model
-        self.settings = settings
         if settings.api not in ("completions", "chat"):
             raise ValueError(f"api mode must be completions or chat, got {settings.api!r}")
+        self.settings = settings
         endpoint = "/chat/completions" if settings.api == "chat" else "/completions"
         self.url = settings.api_base.rstrip("/") + endpoint
-        try:
-            self.tokenizer: TokenizerInfo = load_tokenizer(tokenizer or model)
-        except TokenizerNotFound as exc:
-            raise TokenizerNotFound(
-                f"{exc}; for a served model, pass its tokenizer with --tokenizer FOLDER_OR_HUB_ID"
-            ) from exc
         key = os.environ.get(settings.api_key_env)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _prompt_text(self, prompt: Prompt) -> str:
-        bos = self.tokenizer.bos_token
-        return prompt.text[len(bos) :] if bos and prompt.text.startswith(bos) else prompt.text
+    def run(self, payloads: Sequence[dict]) -> list[str | Exception]:
+        """The answer text of every request body, or a `GenerationError`, in input order."""
+        return asyncio.run(self._run_all(payloads))
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:  # type: ignore[override]
-        return asyncio.run(self._generate_all(prompts, max_new_tokens))
-
-    async def _generate_all(
-        self, prompts: Sequence[Prompt], max_new_tokens: int
-    ) -> list[str | Exception]:
+    async def _run_all(self, payloads: Sequence[dict]) -> list[str | Exception]:
         import httpx
 
         limits = httpx.Limits(max_connections=self.settings.max_concurrency)
@@ -76,20 +69,13 @@ class OpenAIBackend:
             limits=limits, timeout=self.settings.timeout, headers=self.headers
         ) as client:
 
-            async def one(prompt: Prompt) -> str | Exception:
+            async def one(payload: dict) -> str | Exception:
                 async with semaphore:
-                    return await self._complete(client, self._payload(prompt, max_new_tokens))
+                    return await self._request(client, payload)
 
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
+            return list(await asyncio.gather(*(one(p) for p in payloads)))
 
-    def _payload(self, prompt: Prompt, max_new_tokens: int) -> dict:
-        request = {"model": self.name, "max_tokens": max_new_tokens, "temperature": 0.0}
-        if self.settings.api == "chat":
-            system = {"role": "system", "content": SYSTEM_MESSAGE}
-            return {**request, "messages": [system, {"role": "user", "content": prompt.user}]}
-        return {**request, "prompt": self._prompt_text(prompt)}
-
-    async def _complete(self, client, payload: dict) -> str | Exception:
+    async def _request(self, client, payload: dict) -> str | Exception:
         import httpx
 
         reason = "no attempt made"
@@ -123,3 +109,32 @@ class OpenAIBackend:
                 continue
             return text
         return GenerationError(f"gave up after {self.settings.max_retries + 1} attempts: {reason}")
+
+
+class OpenAIBackend:
+    """A refining model behind a server: proxkit's prompts in, program text out."""
+
+    def __init__(self, model: str, settings: OpenAISettings, tokenizer: str | None = None) -> None:
+        self.client = OpenAIClient(settings)
+        self.name = model
+        self.settings = settings
+        try:
+            self.tokenizer: TokenizerInfo = load_tokenizer(tokenizer or model)
+        except TokenizerNotFound as exc:
+            raise TokenizerNotFound(
+                f"{exc}; for a served model, pass its tokenizer with --tokenizer FOLDER_OR_HUB_ID"
+            ) from exc
+
+    def _prompt_text(self, prompt: Prompt) -> str:
+        bos = self.tokenizer.bos_token
+        return prompt.text[len(bos) :] if bos and prompt.text.startswith(bos) else prompt.text
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:  # type: ignore[override]
+        return self.client.run([self._payload(p, max_new_tokens) for p in prompts])
+
+    def _payload(self, prompt: Prompt, max_new_tokens: int) -> dict:
+        request = {"model": self.name, "max_tokens": max_new_tokens, "temperature": 0.0}
+        if self.settings.api == "chat":
+            system = {"role": "system", "content": SYSTEM_MESSAGE}
+            return {**request, "messages": [system, {"role": "user", "content": prompt.user}]}
+        return {**request, "prompt": self._prompt_text(prompt)}

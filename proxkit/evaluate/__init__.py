@@ -1,0 +1,1 @@
+"""Score a programmer against held-out teacher annotations (`prox evaluate`)."""

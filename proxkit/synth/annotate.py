@@ -1,0 +1,377 @@
+"""`prox annotate`: a teacher LLM labels a sample of a corpus, the first step of distillation.
+
+The sample is seeded and stratified by length (`sample`). Doc level: the teacher scores
+educational value and format/readability on the rubric, and the scores map to `keep_doc()` or
+`drop_doc()` by the configured minimums. Chunk level (documents not dropped): the document is
+chunked exactly as the chunk stage does it, and the teacher writes each chunk's program. Every
+answer is validated (`teacher`); an invalid one is asked again once, with the reason, then
+recorded as a failure. Each record keeps the teacher's name, the rubric versions and every raw
+response. The output grows batch by batch, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunker
+from proxkit.config import ConfigError, to_plain
+from proxkit.io.readers import Document, Fields, Reject, list_files, read_inputs
+from proxkit.io.rejects import RejectLog
+from proxkit.program.ops import Program
+from proxkit.programmers.base import STAGES
+from proxkit.programmers.openai import OpenAIClient, OpenAISettings
+from proxkit.synth.rubric import Rubric, load_rubric
+from proxkit.synth.sample import sample_documents, stratum
+from proxkit.synth.teacher import DocLabel, Invalid, read_chunk_answer, read_doc_answer
+from proxkit.tokenizer import load_tokenizer
+
+RETRY_MESSAGE = (
+    "That answer cannot be used: {reason}. Answer again, following the instructions exactly."
+)
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    inputs: tuple[str, ...] = ()
+    output: str = ""
+    teacher_model: str = ""
+    api_base: str | None = None  # an OpenAI-compatible server with /v1/chat/completions
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 16
+    request_timeout: float = 300.0
+    max_retries: int = 4
+    tokenizer: str = "gair-prox/web-chunk-refining-lm"  # the student's: chunks as it will see them
+    sample_size: int = 1000
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES
+    doc_rubric: str = "doc-v1"
+    chunk_rubric: str = "chunk-v1"
+    min_educational_value: int = 2
+    min_format_readability: int = 2
+    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    max_document_chars: int = 30_000  # what the teacher reads at doc level
+    doc_max_new_tokens: int = 256
+    chunk_max_new_tokens: int = 1024
+    batch_size: int = 64  # documents per wave of requests, written together
+    text_field: str = "text"
+    id_field: str = "id"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.inputs or not self.output or not self.teacher_model:
+            raise ConfigError("annotate needs inputs, an output folder and a teacher model")
+        if not set(self.stages) <= set(STAGES) or not self.stages:
+            raise ConfigError(f"stages must be a non-empty subset of {STAGES}")
+        if self.sample_size < 1 or self.batch_size < 1:
+            raise ConfigError("sample_size and batch_size must be >= 1")
+
+
+class AnnotationExists(RuntimeError):
+    """An output folder made with another configuration."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A validated teacher answer (`value`), or why there is none (`error`), with every
+    attempt's raw response."""
+
+    value: Any
+    error: Invalid | None
+    attempts: tuple[dict[str, Any], ...]
+
+
+class Teacher:
+    def __init__(self, config: AnnotateConfig) -> None:
+        self.model = config.teacher_model
+        self.client = OpenAIClient(
+            OpenAISettings(
+                api_base=config.api_base,
+                api_key_env=config.api_key_env,
+                max_concurrency=config.max_concurrency,
+                timeout=config.request_timeout,
+                max_retries=config.max_retries,
+                api="chat",
+            )
+        )
+
+    def ask(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        readers: Sequence[Callable[[str], Any]],
+        max_tokens: int,
+    ) -> list[Answer]:
+        """Each conversation once; an answer that does not validate is asked again once."""
+        first = self._send(conversations, max_tokens)
+        results = [_check(response, reader) for response, reader in zip(first, readers)]
+        again = [
+            i
+            for i, (_, error) in enumerate(results)
+            if error is not None and error.kind != "request_failed"  # the client already retried
+        ]
+        retried = self._send(
+            [
+                [
+                    *conversations[i],
+                    {"role": "assistant", "content": str(first[i])},
+                    {"role": "user", "content": RETRY_MESSAGE.format(reason=results[i][1].message)},
+                ]
+                for i in again
+            ],
+            max_tokens,
+        )
+        second = dict(zip(again, retried))
+        answers = []
+        for i, (value, error) in enumerate(results):
+            attempts = [_attempt(first[i], error)]
+            if i in second:
+                value, error = _check(second[i], readers[i])
+                attempts.append(_attempt(second[i], error))
+            answers.append(Answer(value, error, tuple(attempts)))
+        return answers
+
+    def _send(
+        self, conversations: Sequence[list[dict[str, str]]], max_tokens: int
+    ) -> list[str | Exception]:
+        if not conversations:
+            return []
+        payloads = [
+            {"model": self.model, "messages": c, "max_tokens": max_tokens, "temperature": 0.0}
+            for c in conversations
+        ]
+        return self.client.run(payloads)
+
+
+def _check(response: str | Exception, reader: Callable[[str], Any]) -> tuple[Any, Invalid | None]:
+    if isinstance(response, Exception):
+        return None, Invalid("request_failed", str(response))
+    value = reader(response)
+    return (None, value) if isinstance(value, Invalid) else (value, None)
+
+
+def _attempt(response: str | Exception, error: Invalid | None) -> dict[str, Any]:
+    return {
+        "response": None if isinstance(response, Exception) else response,
+        "error": None if error is None else f"{error.kind}: {error.message}",
+    }
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Outcome counts over annotation records: what the teacher labelled and what failed."""
+    doc: Counter[str] = Counter()
+    chunk: Counter[str] = Counter()
+    for record in records:
+        for counter, entries in (
+            (doc, [record["doc"]] if record.get("doc") else []),
+            (chunk, record.get("chunks") or []),
+        ):
+            for entry in entries:
+                if entry["ok"]:
+                    counter["ok"] += 1
+                    if counter is doc:
+                        counter[entry["program"]] += 1
+                    if len(entry["attempts"]) > 1:
+                        counter["fixed on retry"] += 1
+                else:
+                    counter[f"failed: {entry['error']}"] += 1
+        if record.get("chunks_skipped"):
+            chunk["documents skipped (dropped at doc level)"] += 1
+    return {
+        "documents": len(records),
+        "doc": dict(sorted(doc.items())),
+        "chunk": dict(sorted(chunk.items())),
+    }
+
+
+class Annotator:
+    def __init__(self, config: AnnotateConfig, teacher: Teacher) -> None:
+        self.config = config
+        self.teacher = teacher
+        self.doc_rubric: Rubric = load_rubric(config.doc_rubric)
+        self.chunk_rubric: Rubric = load_rubric(config.chunk_rubric)
+        self.chunker = Chunker(load_tokenizer(config.tokenizer).backend, config.max_chunk_tokens)
+
+    def annotate(self, documents: Sequence[Document]) -> list[dict[str, Any]]:
+        config = self.config
+        records = [self._record(d) for d in documents]
+        if "doc" in config.stages:
+            answers = self.teacher.ask(
+                [
+                    self.doc_rubric.messages(document=d.text[: config.max_document_chars])
+                    for d in documents
+                ],
+                [read_doc_answer] * len(documents),
+                config.doc_max_new_tokens,
+            )
+            for record, answer in zip(records, answers):
+                record["doc"] = self._doc_annotation(answer)
+        chosen = [
+            i for i, r in enumerate(records) if r.get("doc", {}).get("program") != "drop_doc()"
+        ]
+        if "chunk" in config.stages:
+            chunks = self.chunker([documents[i].text for i in chosen])
+            flat = [(i, c) for i, cs in zip(chosen, chunks) for c in cs]
+            answers = self.teacher.ask(
+                [
+                    self.chunk_rubric.messages(
+                        chunk=c.text, first_line=c.first_line, last_line=c.last_line
+                    )
+                    for _, c in flat
+                ],
+                [lambda text, c=c: read_chunk_answer(text, c) for _, c in flat],
+                config.chunk_max_new_tokens,
+            )
+            for i in chosen:
+                records[i]["chunks"] = []
+            for (i, chunk), answer in zip(flat, answers):
+                records[i]["chunks"].append(_chunk_annotation(chunk, answer))
+            for record in records:
+                if "chunks" not in record:
+                    record["chunks"] = None
+                    record["chunks_skipped"] = "dropped at doc level"
+        return records
+
+    def _record(self, document: Document) -> dict[str, Any]:
+        return {
+            "id": document.id,
+            "source": document.source,
+            "position": document.position,
+            "text": document.text,
+            "stratum": stratum(document.text),
+            "teacher": {
+                "model": self.config.teacher_model,
+                "doc_rubric": self.doc_rubric.version,
+                "chunk_rubric": self.chunk_rubric.version,
+            },
+        }
+
+    def _doc_annotation(self, answer: Answer) -> dict[str, Any]:
+        label: DocLabel | None = answer.value
+        minimums = {
+            "educational_value": self.config.min_educational_value,
+            "format_readability": self.config.min_format_readability,
+        }
+        return {
+            "ok": label is not None,
+            "program": None if label is None else label.program(*minimums.values()),  # type: ignore[arg-type]
+            "scores": None
+            if label is None
+            else {
+                "educational_value": label.educational_value,
+                "format_readability": label.format_readability,
+            },
+            "reason": None if label is None else label.reason,
+            "minimums": minimums,
+            "error": None if answer.error is None else answer.error.kind,
+            "attempts": list(answer.attempts),
+        }
+
+
+def _chunk_annotation(chunk: Chunk, answer: Answer) -> dict[str, Any]:
+    program: Program | None = answer.value
+    return {
+        "first_line": chunk.first_line,
+        "last_line": chunk.last_line,
+        "text": chunk.text,
+        "ok": program is not None,
+        "program": None if program is None else program.to_text(),
+        "error": None if answer.error is None else answer.error.kind,
+        "attempts": list(answer.attempts),
+    }
+
+
+def prepare(config: AnnotateConfig) -> set[str]:
+    """Create or resume the output folder; the ids already annotated."""
+    out = Path(config.output)
+    saved = out / "config.yaml"
+    current = {k: v for k, v in to_plain(config).items() if k != "overwrite"}
+    if out.exists() and config.overwrite:
+        shutil.rmtree(out)
+    elif saved.exists():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        differs = sorted(
+            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+        )
+        if differs:
+            raise AnnotationExists(
+                f"{out} holds annotations made with other settings ({', '.join(differs)}); "
+                "use another folder, or --overwrite to start again"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise AnnotationExists(f"{out} exists and is not an annotation folder; use --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(current, sort_keys=False), encoding="utf-8")
+    return _complete_ids(out / "annotations.jsonl")
+
+
+def _complete_ids(path: Path) -> set[str]:
+    """Ids of the complete records; a last line cut by a kill is removed."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+    return {json.loads(line)["id"] for line in data[:end].splitlines() if line.strip()}
+
+
+def run_annotate(config: AnnotateConfig, progress: bool = True) -> dict[str, Any]:
+    done = prepare(config)
+    out = Path(config.output)
+    annotator = Annotator(config, Teacher(config))
+    for rubric in (annotator.doc_rubric, annotator.chunk_rubric):
+        (out / "rubrics").mkdir(exist_ok=True)
+        shutil.copy(rubric.path, out / "rubrics" / f"{rubric.version}.yaml")
+    counts = Counter()
+    rejects = RejectLog(out / "rejects.jsonl")
+
+    def readable():
+        fields = Fields(config.text_field, config.id_field)
+        for item in read_inputs(list_files(list(config.inputs)), fields):
+            if isinstance(item, Reject):
+                rejects.add(item)
+                continue
+            counts["read"] += 1
+            yield item
+
+    try:
+        sample = sample_documents(readable(), config.sample_size, config.seed)
+    finally:
+        rejects.close()
+    todo = [d for d in sample.documents if d.id not in done]
+    bar = tqdm(total=len(todo), desc="annotate", unit="doc", disable=not progress, file=sys.stderr)
+    path = out / "annotations.jsonl"
+    with path.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            for record in annotator.annotate(batch):
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            bar.update(len(batch))
+    bar.close()
+    with path.open(encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    summary = {
+        "teacher": config.teacher_model,
+        "rubrics": [annotator.doc_rubric.version, annotator.chunk_rubric.version],
+        "documents_read": counts["read"],
+        "rejected_records": rejects.count,
+        "strata": {"population": sample.populations, "sampled": sample.allocation},
+        "annotated_now": len(todo),
+        "already_done": len(sample.documents) - len(todo),
+        **summarize(records),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

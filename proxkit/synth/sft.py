@@ -1,0 +1,176 @@
+"""`prox sft-data`: annotations become supervised fine-tuning examples in the exact chat format
+of the refining models.
+
+Prompts come from the builders inference uses (`doc_prompts`, `Chunker`, `chunk_prompts`), so
+training and inference cannot drift: each annotated chunk must be the chunk the student will be
+shown, and annotations chunked with another tokenizer or chunk size are refused. The answer is
+the program's canonical text, rendered as the chat format renders an assistant turn, and stored
+as token ids next to the prompt's. Each document goes wholly to train or to validation (a
+seeded hash of its id); the validation documents' annotations are also written to
+`heldout.jsonl`, for `prox evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunker
+from proxkit.config import ConfigError
+from proxkit.programmers.base import STAGES
+from proxkit.prompts import DEFAULT_DOC_TOKENS, answer_ids, answer_text, chunk_prompts, doc_prompts
+from proxkit.tokenizer import TokenizerInfo, load_tokenizer
+
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    annotations: str = ""  # a `prox annotate` folder, or an annotations JSONL file
+    output: str = ""
+    tokenizer: str = "gair-prox/web-chunk-refining-lm"  # the student's
+    validation_fraction: float = 0.1
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES
+    max_doc_tokens: int = DEFAULT_DOC_TOKENS
+    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.annotations or not self.output:
+            raise ConfigError("sft-data needs annotations and an output folder")
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError("validation_fraction must be in [0, 1)")
+
+
+def split_of(doc_id: str, seed: int, validation_fraction: float) -> str:
+    digest = hashlib.blake2b(f"split\0{seed}\0{doc_id}".encode(), digest_size=8).digest()
+    return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
+
+
+def read_annotations(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, record) per line; a line that is not a usable record gives its reason."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, f"not JSON: {exc}"
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                yield number, "not an annotation record (no text)"
+            elif "id" not in record:
+                yield number, "not an annotation record (no id)"
+            else:
+                yield number, record
+
+
+def annotations_file(path: str) -> Path:
+    given = Path(path)
+    return given / "annotations.jsonl" if given.is_dir() else given
+
+
+def _example(doc_id: str, stage: str, index: int | None, prompt, answer: str, tokenizer) -> dict:
+    return {
+        "id": f"{doc_id}/{stage}" + ("" if index is None else f"-{index}"),
+        "doc_id": doc_id,
+        "stage": stage,
+        "prompt": prompt.text,
+        "completion": answer_text(tokenizer, prompt, answer),
+        "prompt_ids": list(prompt.token_ids),
+        "completion_ids": list(answer_ids(tokenizer, prompt, answer)),
+    }
+
+
+def examples_of(
+    record: dict[str, Any], tokenizer: TokenizerInfo, chunker: Chunker, config: SFTConfig
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The training examples of one annotated document, and what was left out and why."""
+    examples: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    doc_id = str(record["id"])
+    doc = record.get("doc")
+    if "doc" in config.stages and doc:
+        if doc.get("ok") and doc.get("program") in ("keep_doc()", "drop_doc()"):
+            prompt = doc_prompts([record["text"]], tokenizer, config.max_doc_tokens)[0]
+            examples.append(_example(doc_id, "doc", None, prompt, doc["program"], tokenizer))
+        else:
+            skipped["doc: teacher failed"] += 1
+    annotated = record.get("chunks") or []
+    if "chunk" in config.stages and annotated:
+        chunks = chunker([record["text"]])[0]
+        seen = [(c["text"], c["first_line"], c["last_line"]) for c in annotated]
+        if seen != [(c.text, c.first_line, c.last_line) for c in chunks]:
+            skipped["chunk: chunked with another tokenizer or chunk size"] += len(annotated)
+            return examples, skipped
+        prompts = chunk_prompts(chunks, tokenizer)
+        for index, (entry, prompt) in enumerate(zip(annotated, prompts)):
+            if entry.get("ok") and isinstance(entry.get("program"), str):
+                examples.append(
+                    _example(doc_id, "chunk", index, prompt, entry["program"], tokenizer)
+                )
+            else:
+                skipped["chunk: teacher failed"] += 1
+    return examples, skipped
+
+
+def write_sft_data(config: SFTConfig) -> dict[str, Any]:
+    source = annotations_file(config.annotations)
+    if not source.is_file():
+        raise FileNotFoundError(f"no annotations at {source}")
+    out = Path(config.output)
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(config.tokenizer)
+    chunker = Chunker(tokenizer.backend, config.max_chunk_tokens)
+    counts: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    documents = {split: 0 for split in SPLITS}
+    files = {split: (out / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+    heldout = (out / "heldout.jsonl").open("w", encoding="utf-8")
+    rejected = 0
+    try:
+        for number, record in read_annotations(source):
+            if isinstance(record, str):
+                rejected += 1
+                print(f"skipped {source}:{number}: {record}", file=sys.stderr)
+                continue
+            split = split_of(str(record["id"]), config.seed, config.validation_fraction)
+            examples, left_out = examples_of(record, tokenizer, chunker, config)
+            skipped.update(left_out)
+            documents[split] += 1
+            for example in examples:
+                files[split].write(json.dumps(example, ensure_ascii=False) + "\n")
+                counts[f"{split} {example['stage']}"] += 1
+            if split == "validation":
+                heldout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        for handle in (*files.values(), heldout):
+            handle.close()
+    manifest = {
+        "annotations": str(source),
+        "tokenizer": config.tokenizer,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "validation_fraction": config.validation_fraction,
+        "seed": config.seed,
+        "max_doc_tokens": config.max_doc_tokens,
+        "max_chunk_tokens": config.max_chunk_tokens,
+        "documents": documents,
+        "examples": dict(sorted(counts.items())),
+        "left_out": dict(sorted(skipped.items())),
+        "unreadable_annotation_lines": rejected,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
