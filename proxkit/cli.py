@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -400,9 +401,9 @@ def refine(
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")
     stdout.print(
-        "per-document details are under metadata.prox in each record; re-tune thresholds "
-        f"without re-running programmers: prox execute {config.output} -o NEW_OUTPUT "
-        "--short-doc-words N ...",
+        f"see what changed: prox report {config.output} (HTML with plots and diffs), "
+        f"prox inspect {config.output} (terminal); re-tune thresholds without re-running "
+        f"programmers: prox execute {config.output} -o NEW_OUTPUT --short-doc-words N ...",
         highlight=False,
     )
 
@@ -538,6 +539,122 @@ def verify(
     if not report.ok:
         raise typer.Exit(1)
     stdout.print("ok: every input record is accounted for exactly once", highlight=False)
+
+
+RunOutput = Annotated[
+    str, typer.Argument(help="The output of prox refine or prox execute (a folder or a file).")
+]
+
+
+@app.command()
+def report(
+    output: RunOutput,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", "-o", help="Report file. [default: OUT/report.html, or OUT.report.html]"
+        ),
+    ] = None,
+    sample: Annotated[
+        int, typer.Option("--sample", help="Documents sampled per outcome (and with errors).")
+    ] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="Record field for the per-source plot; URLs give their domain. [default: url, else source]",
+        ),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of a run: summary, plots, frequent removals and
+    normalizations, and a sample of documents as diffs beside their programs."""
+    from proxkit.report.collect import NotARun, collect
+    from proxkit.report.html import render
+
+    try:
+        data = collect(output, sample, seed, group_by)
+    except (NotARun, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if html is None:
+        path = Path(output)
+        html = (
+            path / "report.html"
+            if path.is_dir()
+            else path.with_name(f"{path.name.split('.')[0]}.report.html")
+        )
+    html.write_text(render(data), encoding="utf-8")
+    stdout.print(
+        f"{data.documents:,} documents, {len(data.sample)} in the sample -> {html} "
+        f"({html.stat().st_size / 1e6:.1f} MB)",
+        highlight=False,
+    )
+
+
+@app.command()
+def inspect(
+    output: RunOutput,
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="Show this document (repeatable).")
+    ] = None,
+    dropped: Annotated[bool, typer.Option("--dropped", help="Only dropped documents.")] = False,
+    refined: Annotated[bool, typer.Option("--refined", help="Only refined documents.")] = False,
+    unchanged: Annotated[
+        bool, typer.Option("--unchanged", help="Only unchanged documents.")
+    ] = False,
+    errors: Annotated[
+        bool, typer.Option("--errors", help="Only documents whose programs had errors.")
+    ] = False,
+    limit: Annotated[int, typer.Option("--limit", help="Documents to show (0: all).")] = 20,
+    max_lines: Annotated[
+        int, typer.Option("--max-lines", help="Lines per document (0: all).")
+    ] = 200,
+    pager: Annotated[
+        bool, typer.Option("--pager/--no-pager", help="Page the output in a terminal.")
+    ] = True,
+) -> None:
+    """Show documents of a run as diffs in the terminal: removed lines struck through in red,
+    normalized strings highlighted, programs beside them."""
+    import contextlib
+
+    from proxkit.io.readers import Fields
+    from proxkit.report.collect import NotARun, read_records
+    from proxkit.report.diff import document_view
+    from proxkit.report.terminal import render_document
+
+    wanted = {
+        name
+        for name, on in (("dropped", dropped), ("refined", refined), ("unchanged", unchanged))
+        if on
+    }
+    config_path = RunPaths.for_output(output).config
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    fields = Fields((config or {}).get("text_field", "text"), (config or {}).get("id_field", "id"))
+    missing = set(ids or ())
+    shown = 0
+    console = Console()  # wraps long lines inside the panels (the summary console does not)
+    paging = (
+        console.pager(styles=True) if pager and console.is_terminal else contextlib.nullcontext()
+    )
+    try:
+        with paging:
+            for record in read_records(output, fields):
+                view = document_view(record, fields.text, fields.id)
+                if ids and view.id not in ids:
+                    continue
+                if (wanted and view.category not in wanted) or (errors and not view.has_errors):
+                    continue
+                missing.discard(view.id)
+                console.print(render_document(view, max_lines or None))
+                shown += 1
+                if limit and shown >= limit:
+                    break
+    except (NotARun, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if missing:
+        _fail(f"no document with id {', '.join(sorted(missing))} in {output}", code=1)
+    if not shown:
+        stderr.print("no document matches", highlight=False)
 
 
 def _load_flat(cls: type, config_file: Path | None, arguments: dict[str, Any], **fixed: Any):

@@ -1,0 +1,192 @@
+"""Read a run's output once and gather what the report shows: outcome counts, length and
+removal distributions, the most frequent removed lines and normalizations, keep scores,
+program errors, keep ratios per source or domain, and a seeded sample of documents per
+category. Memory stays bounded: histograms and capped counters, never all records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from proxkit.io.readers import Document, Fields, read_file, record_format
+from proxkit.pipeline.local import RunPaths
+from proxkit.pipeline.units import RunState, WorkUnit
+from proxkit.report.diff import CATEGORIES, DocumentView, document_view
+
+LENGTH_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+REMOVED_MAX = 20  # removed-lines histogram: 0..19, then "20+"
+COUNTER_CAP = 100_000  # distinct removed lines kept before the rare ones are pruned
+TOP = 25
+
+
+class NotARun(FileNotFoundError):
+    """A path that holds no prox output."""
+
+
+def output_files(output: str) -> list[Path]:
+    """The record files of a run: a single file, or the shards of its completed units."""
+    path = Path(output)
+    if record_format(output) is not None and path.is_file():
+        return [path]
+    state = RunState(path)
+    if state.exists():
+        manifest = json.loads(state.manifest.read_text(encoding="utf-8"))
+        files = []
+        for unit in manifest["units"]:
+            done = state.done(WorkUnit(**unit))
+            files += [path / name for name in (done or {}).get("files", [])]
+        return files
+    shards = sorted(p for p in path.glob("part-*") if not p.name.endswith(".partial"))
+    if not shards:
+        raise NotARun(f"{output} holds no prox output (no records, no _prox/run.json)")
+    return shards
+
+
+def read_records(output: str, fields: Fields) -> Iterator[dict[str, Any]]:
+    for path in output_files(output):
+        for item in read_file(str(path), fields):
+            if isinstance(item, Document):
+                yield item.record
+
+
+@dataclass
+class Histogram:
+    edges: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.edges)
+
+    def add(self, value: float) -> None:
+        index = 0
+        while index + 1 < len(self.edges) and value >= self.edges[index + 1]:
+            index += 1
+        self.counts[index] += 1
+
+
+def group_key(record: dict[str, Any], group_by: str | None) -> str | None:
+    """The record's source or domain: the field asked for, else the host of `url`, else
+    `source`; a URL-valued field gives its host."""
+    names = [group_by] if group_by else ["url", "source"]
+    for name in names:
+        value = record.get(name)
+        if value is None and isinstance(record.get("metadata"), dict):
+            value = record["metadata"].get(name)
+        if isinstance(value, str) and value:
+            return urlparse(value).netloc or value if "://" in value else value
+    return None
+
+
+def _priority(seed: int, doc_id: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass
+class ReportData:
+    output: str
+    config: dict[str, Any]
+    stats: dict[str, Any]
+    group_by: str | None
+    documents: int = 0
+    categories: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)
+    words_before: Histogram = field(default_factory=lambda: Histogram(LENGTH_EDGES))
+    words_after: Histogram = field(default_factory=lambda: Histogram(LENGTH_EDGES))
+    groups: dict[str, list[int]] = field(default_factory=dict)  # docs, dropped, words in, out
+    removed_per_doc: Counter = field(default_factory=Counter)
+    removed_lines: Counter = field(default_factory=Counter)
+    normalizations: Counter = field(default_factory=Counter)  # (source, target) -> occurrences
+    keep_scores: Histogram = field(
+        default_factory=lambda: Histogram(tuple(i / 20 for i in range(20)))
+    )
+    scored: int = 0
+    errors: Counter = field(default_factory=Counter)  # stage -> documents with errors
+    error_reasons: Counter = field(default_factory=Counter)
+    sample: list[DocumentView] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any], view: DocumentView) -> None:
+        self.documents += 1
+        self.categories[view.category] += 1
+        prox = (record.get("metadata") or {}).get("prox") or {}
+        for stage in ("doc", "chunk"):
+            result = prox.get(stage)
+            if not result:
+                continue
+            self.outcomes[f"{stage}: {result.get('outcome')}"] += 1
+            if result.get("errors"):
+                self.errors[stage] += 1
+                for error in result["errors"]:
+                    self.error_reasons[f"{stage}: {error.get('reason', '')}"] += 1
+        counted = prox.get("chunk") or prox.get("doc") or {}
+        before = counted.get("words_before")
+        if not isinstance(before, int):
+            before = len(str(record.get("raw_content") or record.get("text") or "").split())
+        self.words_before.add(before)
+        after = 0 if view.category == "dropped" else len(str(record.get("text") or "").split())
+        if view.category != "dropped":
+            self.words_after.add(after)
+        removed = [line for line in view.lines if line.removed]
+        self.removed_per_doc[min(len(removed), REMOVED_MAX)] += 1
+        for line in removed:
+            text = " ".join(line.text.split())[:200]
+            if text:
+                self.removed_lines[text] += 1
+        if len(self.removed_lines) > COUNTER_CAP:
+            self.removed_lines = Counter({k: v for k, v in self.removed_lines.items() if v > 1})
+        for source, target, occurrences in (prox.get("chunk") or {}).get("normalizations") or []:
+            if occurrences:
+                self.normalizations[(source, target)] += occurrences
+        if view.keep_score is not None:
+            self.scored += 1
+            self.keep_scores.add(view.keep_score)
+        key = group_key(record, self.group_by)
+        if key is not None:
+            entry = self.groups.setdefault(key, [0, 0, 0, 0])
+            entry[0] += 1
+            entry[1] += view.category == "dropped"
+            entry[2] += before
+            entry[3] += after
+
+
+def collect(
+    output: str,
+    per_category: int = 50,
+    seed: int = 0,
+    group_by: str | None = None,
+) -> ReportData:
+    paths = RunPaths.for_output(output)
+    config = (
+        yaml.safe_load(paths.config.read_text(encoding="utf-8")) if paths.config.exists() else {}
+    )
+    stats = json.loads(paths.stats.read_text(encoding="utf-8")) if paths.stats.exists() else {}
+    fields = Fields(config.get("text_field", "text"), config.get("id_field", "id"))
+    data = ReportData(output, config or {}, stats, group_by)
+    # One bounded heap per filter (each category, and documents with program errors).
+    heaps: dict[str, list] = {name: [] for name in (*CATEGORIES, "errors")}
+    for record in read_records(output, fields):
+        view = document_view(record, fields.text, fields.id)
+        data.add(record, view)
+        key = -_priority(seed, view.id)
+        for name in (view.category, "errors") if view.has_errors else (view.category,):
+            heap = heaps[name]
+            if len(heap) < per_category:
+                heapq.heappush(heap, (key, data.documents, view))
+            elif key > heap[0][0]:
+                heapq.heapreplace(heap, (key, data.documents, view))
+    chosen: dict[str, tuple[int, DocumentView]] = {}
+    for heap in heaps.values():
+        for key, _, view in heap:
+            chosen[view.id] = (-key, view)
+    data.sample = [view for _, view in sorted(chosen.values(), key=lambda c: c[0])]
+    return data
