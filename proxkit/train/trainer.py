@@ -187,6 +187,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     report = {
         "base_model": config.base_model,
         "method": f"lora (rank {config.lora_rank})" if config.lora_rank else "full fine-tuning",
+        "device": str(arguments.device),
+        "precision": dtype,
         "train_examples": len(train_set),
         "validation_examples": len(validation_set),
         "left_out_too_long": too_long + too_long_validation,
