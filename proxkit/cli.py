@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="ProX corpus refining: a small program for every document, executed.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]", which rich markup would swallow
 )
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
