@@ -34,6 +34,11 @@ def number_lines(text: str) -> list[str]:
     return [f"[{index:03d}]{line}" for index, line in enumerate(text.split("\n"))]
 
 
+def chunk_content(numbered: str) -> str:
+    """A chunk's text without its `[NNN]` line numbers: where normalize sources must occur."""
+    return "\n".join(line.split("]", 1)[1] for line in numbered.split("\n"))
+
+
 def pack(token_counts: Sequence[int], max_tokens: int = DEFAULT_CHUNK_TOKENS) -> list[range]:
     """The reference's greedy packing of line token counts into ranges of line indices."""
     ranges: list[range] = []

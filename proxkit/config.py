@@ -114,12 +114,7 @@ class RefineConfig:
         unknown = set(values) - {f.name for f in fields(cls)} | set(thresholds) - threshold_names
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-        for name in ("inputs", "stages"):
-            if isinstance(values.get(name), str):
-                values[name] = tuple(v for v in values[name].split(",") if v)
-            elif name in values:
-                values[name] = tuple(values[name])
-        return cls(thresholds=Thresholds(**thresholds), **values)
+        return cls(thresholds=Thresholds(**thresholds), **_with_tuples(cls, values))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -147,17 +142,22 @@ def load_flat(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any
     """A flat config dataclass (annotate, sft-data, train, evaluate) from YAML and flags;
     unknown keys are an error, lists become tuples."""
     values = yaml_with_overrides(path, overrides)
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(values) - set(known)
+    unknown = set(values) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    return cls(**_with_tuples(cls, values))
+
+
+def _with_tuples(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Tuple fields from YAML lists or comma-separated flag values ("doc,chunk")."""
+    types = {f.name: str(f.type) for f in fields(cls)}
+    converted = dict(values)
     for name, value in values.items():
-        if "tuple" in str(known[name].type):
-            if isinstance(value, str):
-                values[name] = tuple(v for v in value.split(",") if v)
-            elif isinstance(value, list):
-                values[name] = tuple(value)
-    return cls(**values)
+        if types.get(name, "").startswith("tuple") and value is not None:
+            converted[name] = (
+                tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
+            )
+    return converted
 
 
 def to_plain(config: Any) -> dict[str, Any]:

@@ -115,9 +115,8 @@ def malformed_rate(outputs, chunks) -> float:
 @pytest.mark.parametrize("steps", [0, 120])
 def test_constrained_generation_never_writes_a_malformed_program(steps, tmp_path, llama2_dir):
     pytest.importorskip("torch")
-    from proxkit.chunking import Chunker
+    from proxkit.chunking import Chunker, chunk_content
     from proxkit.programmers.hf import TransformersBackend
-    from proxkit.programmers.lm import chunk_content
     from proxkit.prompts import chunk_prompts
 
     from tiny_model import build_tiny_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxkit.program.executor import execute_chunk, lower_strict
+from proxkit.program.executor import apply_edits, lower_strict
 
 
 def precision_recall_f1(true_positive: int, predicted: int, actual: int) -> dict[str, float | None]:
@@ -73,14 +73,11 @@ class Edits:
 
 
 def edits_of(text: str, program: str | None) -> Edits:
-    lines = len(text.split("\n"))
     edits = lower_strict(program or "")
-    removed: set[int] = set(range(lines)) if edits.remove_all else set()
-    for start, end in edits.ranges:
-        removed.update(range(max(start, 0), min(end, lines - 1) + 1))
-    result = execute_chunk(text, program or "")
+    result = apply_edits(text, edits)
+    removed = frozenset(n for start, end in result.removed_lines for n in range(start, end + 1))
     kept = result.words_after / result.words_before if result.words_before else 1.0
-    return Edits(frozenset(removed), frozenset(edits.normalizations), bool(edits.errors), kept)
+    return Edits(removed, frozenset(edits.normalizations), bool(edits.errors), kept)
 
 
 def chunk_scores(predicted: Sequence[Edits], teacher: Sequence[Edits]) -> dict:

@@ -8,6 +8,7 @@ program to `ChunkEdits` and share everything after that, so they can only differ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
@@ -161,20 +162,27 @@ def _merge_as_reference(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def normalize_text(
+    text: str, normalizations: Sequence[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str, int]]]:
+    """Replace every occurrence of each source, in order; and (source, target, occurrences)."""
+    applied: list[tuple[str, str, int]] = []
+    for source, target in normalizations:
+        if not source:
+            continue
+        occurrences = text.count(source)
+        if occurrences:
+            text = text.replace(source, target)
+        applied.append((source, target, occurrences))
+    return text, applied
+
+
 def apply_edits(
     text: str, edits: ChunkEdits, thresholds: Thresholds = Thresholds()
 ) -> ExecutionResult:
     """Apply lowered edits to a document and judge the result with the thresholds."""
     errors = list(edits.errors)
-    normalized = text
-    applied: list[tuple[str, str, int]] = []
-    for source, target in edits.normalizations:
-        if not source:
-            continue
-        occurrences = normalized.count(source)
-        if occurrences:
-            normalized = normalized.replace(source, target)
-        applied.append((source, target, occurrences))
+    normalized, applied = normalize_text(text, edits.normalizations)
 
     lines = normalized.split("\n")
     count = len(lines)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxkit.chunking import Chunker
+from proxkit.chunking import Chunker, chunk_content
 from proxkit.io.readers import Document
 from proxkit.programmers.base import Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
@@ -264,11 +264,6 @@ class LMProgrammer:
             "cache_hits": self.cache.hits,
             "cache_hit_rate": round(self.cache.hits / total, 4) if total else 0.0,
         }
-
-
-def chunk_content(numbered: str) -> str:
-    """A chunk's text without its `[NNN]` line numbers: where normalize sources must occur."""
-    return "\n".join(line.split("]", 1)[1] for line in numbered.split("\n"))
 
 
 def _written(output: str | Exception, info: dict[str, Any]) -> Written:

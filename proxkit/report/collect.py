@@ -6,8 +6,6 @@ category. Memory stays bounded: histograms and capped counters, never all record
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from proxkit.io.readers import Document, Fields, read_file, record_format
 from proxkit.pipeline.local import RunPaths
 from proxkit.pipeline.units import RunState, WorkUnit
 from proxkit.report.diff import CATEGORIES, DocumentView, document_view
+from proxkit.seeded import Lowest, priority
 
 LENGTH_EDGES = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
 REMOVED_MAX = 20  # removed-lines histogram: 0..19, then "20+"
@@ -85,11 +84,6 @@ def group_key(record: dict[str, Any], group_by: str | None) -> str | None:
         if isinstance(value, str) and value:
             return urlparse(value).netloc or value if "://" in value else value
     return None
-
-
-def _priority(seed: int, doc_id: str) -> int:
-    digest = hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 @dataclass
@@ -172,21 +166,16 @@ def collect(
     stats = json.loads(paths.stats.read_text(encoding="utf-8")) if paths.stats.exists() else {}
     fields = Fields(config.get("text_field", "text"), config.get("id_field", "id"))
     data = ReportData(output, config or {}, stats, group_by)
-    # One bounded heap per filter (each category, and documents with program errors).
-    heaps: dict[str, list] = {name: [] for name in (*CATEGORIES, "errors")}
+    # The lowest-priority documents of each filter (each category, and those with errors).
+    kept: dict[str, Lowest[DocumentView]] = {
+        name: Lowest(per_category) for name in (*CATEGORIES, "errors")
+    }
     for record in read_records(output, fields):
         view = document_view(record, fields.text, fields.id)
         data.add(record, view)
-        key = -_priority(seed, view.id)
+        order = (priority(seed, view.id), data.documents)
         for name in (view.category, "errors") if view.has_errors else (view.category,):
-            heap = heaps[name]
-            if len(heap) < per_category:
-                heapq.heappush(heap, (key, data.documents, view))
-            elif key > heap[0][0]:
-                heapq.heapreplace(heap, (key, data.documents, view))
-    chosen: dict[str, tuple[int, DocumentView]] = {}
-    for heap in heaps.values():
-        for key, _, view in heap:
-            chosen[view.id] = (-key, view)
+            kept[name].offer(order, view)
+    chosen = {view.id: (order, view) for keeper in kept.values() for order, view in keeper.items()}
     data.sample = [view for _, view in sorted(chosen.values(), key=lambda c: c[0])]
     return data

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proxkit.program.executor import normalize_text
+
 CATEGORIES = ("dropped", "refined", "unchanged")
 MAX_LINES = 400  # lines shown per document in a report
 
@@ -54,12 +56,10 @@ class DocumentView:
 
 def _normalize(text: str, normalizations: list[list[Any]]) -> tuple[list[Segment], bool]:
     """Apply normalizations in order, marking replaced text; and whether the marking is exact."""
-    expected = text
+    pairs = [(source, target) for source, target, *_ in normalizations if source]
+    expected, _ = normalize_text(text, pairs)
     segments = [Segment(text)]
-    for source, target, *_ in normalizations:
-        if not source:
-            continue
-        expected = expected.replace(source, target)
+    for source, target in pairs:
         updated: list[Segment] = []
         for segment in segments:
             if segment.normalized_from is not None or source not in segment.text:

@@ -8,12 +8,11 @@ which bounds memory), and the sample takes from each stratum in proportion to it
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxkit.io.readers import Document
+from proxkit.seeded import Lowest, priority
 
 LENGTH_EDGES = (50, 100, 200, 400, 800, 1600, 3200)  # words
 
@@ -23,9 +22,9 @@ def stratum(text: str) -> int:
     return sum(words >= edge for edge in LENGTH_EDGES)
 
 
-def priority(seed: int, document: Document) -> tuple[int, str, int]:
-    digest = hashlib.blake2b(f"{seed}\0{document.id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big"), document.source, document.position
+def rank(seed: int, document: Document) -> tuple[int, int, int]:
+    """Sampling order: the id's seeded priority; source and position break ties."""
+    return priority(seed, document.id), priority(seed, document.source), document.position
 
 
 def allocate(populations: dict[int, int], size: int) -> dict[int, int]:
@@ -52,23 +51,18 @@ class Sample:
 
 
 def sample_documents(documents: Iterable[Document], size: int, seed: int = 0) -> Sample:
-    heaps: dict[int, list] = {}
+    kept: dict[int, Lowest[Document]] = {}
     populations: dict[int, int] = {}
     for document in documents:
         s = stratum(document.text)
         populations[s] = populations.get(s, 0) + 1
-        heap = heaps.setdefault(s, [])
-        key = priority(seed, document)
-        entry = ((-key[0], key[1], -key[2]), document)  # a max-heap of the lowest priorities
-        if len(heap) < size:
-            heapq.heappush(heap, entry)
-        elif entry[0] > heap[0][0]:
-            heapq.heapreplace(heap, entry)
+        kept.setdefault(s, Lowest(size)).offer(rank(seed, document), document)
     allocation = allocate(populations, size)
-    chosen = []
-    for s, count in allocation.items():
-        lowest = sorted(heaps[s], key=lambda e: e[0], reverse=True)[:count]
-        chosen.extend((priority(seed, d), s, d) for _, d in lowest)
+    chosen = [
+        (order, s, document)
+        for s, count in allocation.items()
+        for order, document in kept[s].items()[:count]
+    ]
     chosen.sort(key=lambda c: c[0])
     return Sample(
         [d for _, _, d in chosen],

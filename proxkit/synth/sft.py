@@ -12,7 +12,6 @@ seeded hash of its id); the validation documents' annotations are also written t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -26,6 +25,7 @@ from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunker
 from proxkit.config import ConfigError
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS, answer_ids, answer_text, chunk_prompts, doc_prompts
+from proxkit.seeded import priority
 from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
 SPLITS = ("train", "validation")
@@ -51,8 +51,8 @@ class SFTConfig:
 
 
 def split_of(doc_id: str, seed: int, validation_fraction: float) -> str:
-    digest = hashlib.blake2b(f"split\0{seed}\0{doc_id}".encode(), digest_size=8).digest()
-    return "validation" if int.from_bytes(digest, "big") / 2**64 < validation_fraction else "train"
+    share = priority(seed, doc_id, salt="split") / 2**64
+    return "validation" if share < validation_fraction else "train"
 
 
 def read_annotations(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:

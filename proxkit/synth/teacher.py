@@ -10,13 +10,12 @@ import json
 import re
 from dataclasses import dataclass
 
-from proxkit.chunking import Chunk
+from proxkit.chunking import Chunk, chunk_content
 from proxkit.program.ops import DropDoc, KeepDoc, Normalize, Program, RemoveLines
 from proxkit.program.parser import parse
 
 SCORES = ("educational_value", "format_readability")
 FENCE = re.compile(r"```[a-zA-Z0-9_-]*\n(.*?)```", re.DOTALL)
-LINE_PREFIX = re.compile(r"^\[\d+\]", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,6 @@ def read_doc_answer(text: str) -> DocLabel | Invalid:
     return DocLabel(scores[SCORES[0]], scores[SCORES[1]], reason if isinstance(reason, str) else "")
 
 
-def chunk_content(chunk: Chunk) -> str:
-    """The chunk's text without its `[NNN]` line numbers."""
-    return LINE_PREFIX.sub("", chunk.text)
-
-
 def read_chunk_answer(text: str, chunk: Chunk) -> Program | Invalid:
     body = _unfenced(text).strip()
     if not body:
@@ -92,7 +86,7 @@ def read_chunk_answer(text: str, chunk: Chunk) -> Program | Invalid:
         )
     if not program.operations:
         return Invalid("program_error", "no operation in the answer")
-    content = chunk_content(chunk)
+    content = chunk_content(chunk.text)
     for op in program.operations:
         if isinstance(op, DropDoc):
             return Invalid("program_error", "drop_doc() is not a chunk-level operation")
