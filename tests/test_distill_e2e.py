@@ -161,6 +161,9 @@ def test_annotate_sft_train_evaluate_refine(teacher, llama2_dir, tmp_path):
     refined = tmp_path / "refined"
     prox("refine", str(source), "-o", str(refined), "--doc-programmer", str(trained), "--chunk-programmer", str(trained), "--config", str(settings), "--limit", "6", "--quiet")  # fmt: skip
     assert json.loads((refined / "stats.json").read_text())["documents"] == 6
+    prox("report", str(refined))
+    html = (refined / "report.html").read_text()
+    assert "Doc-level keep score of 6 documents" in html and "keep score 0." in html
 
 
 def test_teacher_request_failures_are_recorded_and_not_asked_again(teacher, llama2_dir, tmp_path):
