@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from proxkit.config import RefineConfig
 from proxkit.io.readers import Document
-from proxkit.pipeline.local import run_local
+from proxkit.pipeline.local import build_processor, run_local
 from proxkit.programmers import make_programmer
 from proxkit.programmers.hf import HFSettings, ModelNotFound, TransformersBackend
 from proxkit.programmers.lm import DocScoring, LMProgrammer
@@ -119,7 +119,10 @@ def test_refine_with_a_model_folder(trained_model, tmp_path):
     kept = [r for r in records if r["metadata"]["doc_program"] == "keep_doc()"]
     assert all("chunk_program" in r["metadata"] for r in kept)
     assert stats.programmers["chunk"]["prompts"] == len(kept)
+    assert stats.programmers["doc"]["prompts"] == 16
     assert stats.documents == 16
+    processor = build_processor(config)  # one model for both stages, loaded once
+    assert processor.doc_programmer is processor.chunk_programmer
 
 
 def test_program_cache_sends_each_distinct_prompt_once(trained_model):
@@ -127,10 +130,11 @@ def test_program_cache_sends_each_distinct_prompt_once(trained_model):
     duplicated = docs + [Document(f"copy{d.id}", d.text, {}, "mem", 0) for d in docs]
     programmer = LMProgrammer(TransformersBackend(str(trained_model)), DocScoring("generate"))
     first = programmer.write("doc", duplicated)
-    assert programmer.stats() == {"prompts": 12, "cache_hits": 6, "cache_hit_rate": 0.5}
+    assert programmer.stats("doc") == {"prompts": 12, "cache_hits": 6, "cache_hit_rate": 0.5}
     assert [w.program for w in first[:6]] == [w.program for w in first[6:]]
     programmer.write("doc", docs)
-    assert programmer.stats()["cache_hits"] == 12
+    assert programmer.stats("doc")["cache_hits"] == 12
+    assert programmer.stats("chunk")["prompts"] == 0
 
 
 def test_a_missing_model_says_how_to_pass_a_local_folder_or_use_rules(tmp_path):

@@ -14,7 +14,7 @@ from proxkit.config import RefineConfig
 from proxkit.evaluate.metrics import calibration, chunk_scores, drop_scores, edits_of
 from proxkit.io.readers import Document
 from proxkit.program.executor import execute_doc
-from proxkit.programmers import make_programmer
+from proxkit.programmers import Programmer, make_programmers
 from proxkit.synth.sft import annotations_file, read_annotations
 
 
@@ -37,11 +37,10 @@ def _documents(records: Sequence[dict[str, Any]]) -> list[Document]:
     ]
 
 
-def evaluate_doc(records: Sequence[dict[str, Any]], config: RefineConfig) -> dict[str, Any]:
+def evaluate_doc(records: Sequence[dict[str, Any]], programmer: Programmer) -> dict[str, Any]:
     labelled = [r for r in records if (r.get("doc") or {}).get("ok")]
     if not labelled:
         return {"documents": 0}
-    programmer = make_programmer(config.doc_programmer, config)
     written = programmer.write("doc", _documents(labelled))
     results = [execute_doc(r["text"], w.program or "keep_doc()") for r, w in zip(labelled, written)]
     teacher_drop = [r["doc"]["program"] == "drop_doc()" for r in labelled]
@@ -60,11 +59,10 @@ def evaluate_doc(records: Sequence[dict[str, Any]], config: RefineConfig) -> dic
     }
 
 
-def evaluate_chunk(records: Sequence[dict[str, Any]], config: RefineConfig) -> dict[str, Any]:
+def evaluate_chunk(records: Sequence[dict[str, Any]], programmer: Programmer) -> dict[str, Any]:
     labelled = [r for r in records if r.get("chunks") and all(c["ok"] for c in r["chunks"])]
     if not labelled:
         return {"documents": 0}
-    programmer = make_programmer(config.chunk_programmer, config)
     written = programmer.write("chunk", _documents(labelled))
     predicted = [edits_of(r["text"], w.program) for r, w in zip(labelled, written)]
     teacher = [edits_of(r["text"], "\n".join(c["program"] for c in r["chunks"])) for r in labelled]
@@ -78,8 +76,9 @@ def evaluate(annotations: str, config: RefineConfig) -> dict[str, Any]:
         "records": len(records),
         "unreadable_lines": problems,
     }
-    if "doc" in config.stages:
-        report["doc"] = evaluate_doc(records, config)
-    if "chunk" in config.stages:
-        report["chunk"] = evaluate_chunk(records, config)
+    programmers = make_programmers(config)
+    if "doc" in programmers:
+        report["doc"] = evaluate_doc(records, programmers["doc"])
+    if "chunk" in programmers:
+        report["chunk"] = evaluate_chunk(records, programmers["chunk"])
     return report

@@ -38,7 +38,7 @@ from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, fingerprint, plan_units
-from proxkit.programmers import make_programmer
+from proxkit.programmers import make_programmers
 
 
 class OutputExists(RuntimeError):
@@ -154,13 +154,10 @@ def uses_models(config: RefineConfig) -> bool:
 
 
 def build_processor(config: RefineConfig) -> BatchProcessor:
+    programmers = make_programmers(config)
     return BatchProcessor(
-        doc_programmer=make_programmer(config.doc_programmer, config)
-        if "doc" in config.stages
-        else None,
-        chunk_programmer=make_programmer(config.chunk_programmer, config)
-        if "chunk" in config.stages
-        else None,
+        doc_programmer=programmers.get("doc"),
+        chunk_programmer=programmers.get("chunk"),
         mode=config.mode,
         thresholds=config.thresholds,
         fields=Fields(config.text_field, config.id_field),
@@ -224,7 +221,7 @@ def run_local(config: RefineConfig, progress: bool = True) -> RunStats:
         ("chunk", processor.chunk_programmer),
     ):
         if hasattr(programmer, "stats"):
-            stats.programmers[stage] = programmer.stats()
+            stats.programmers[stage] = programmer.stats(stage)
     paths.stats.parent.mkdir(parents=True, exist_ok=True)
     paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
     paths.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -35,6 +35,17 @@ def make_programmer(spec: str, config: RefineConfig | None = None) -> Programmer
     return make_model_programmer(spec, config)
 
 
+def make_programmers(config: RefineConfig) -> dict[Stage, Programmer]:
+    """The programmer of each configured stage; stages naming the same spec share one (a
+    model used for both stages is loaded once)."""
+    made: dict[str, Programmer] = {}
+    for stage in config.stages:
+        spec = getattr(config, f"{stage}_programmer")
+        if spec not in made:
+            made[spec] = make_programmer(spec, config)
+    return {stage: made[getattr(config, f"{stage}_programmer")] for stage in config.stages}
+
+
 def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Programmer:
     """A model (Hub id, local folder, or served model name) behind the configured backend."""
     from proxkit.config import RefineConfig

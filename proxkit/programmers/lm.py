@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from proxkit.chunking import Chunker, chunk_content
 from proxkit.io.readers import Document
-from proxkit.programmers.base import Stage, Written
+from proxkit.programmers.base import STAGES, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, chunk_prompts, doc_prompts
 from proxkit.tokenizer import TokenizerInfo
@@ -138,7 +138,8 @@ class LMProgrammer:
         self.doc_max_new_tokens = doc_max_new_tokens
         self.chunk_max_new_tokens = chunk_max_new_tokens
         self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
-        self.cache = ProgramCache(cache_entries)
+        # One cache per stage: a model serving both stages reports each stage's hit rate.
+        self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
         # Grammar-constrained generation where the backend can do it (see grammar.py).
         self.constrained = constrained and getattr(backend, "supports_grammars", False)
         self.answers: dict[str, tuple[list[int], int, int]] = {}
@@ -150,12 +151,14 @@ class LMProgrammer:
 
     def _complete(
         self,
+        stage: Stage,
         prompts: Sequence[Prompt],
         max_new_tokens: int,
         grammars: Sequence[ProgramGrammar] | None = None,
     ) -> list[str | Exception]:
         """Completions through the cache; failures come back as exceptions in their slot."""
-        known, todo = self.cache.split(prompts)
+        cache = self.caches[stage]
+        known, todo = cache.split(prompts)
         if todo:
             if self.constrained and grammars is not None:
                 chosen = [grammars[i] for i in todo]
@@ -166,7 +169,7 @@ class LMProgrammer:
             for index, output in zip(todo, outputs):
                 if not isinstance(output, Exception):
                     output = output.strip(" ")
-                    self.cache.store(prompts[index], output)
+                    cache.store(prompts[index], output)
                 known[index] = output  # type: ignore[call-overload]
         by_text = {prompts[i].text: known[i] for i in todo}
         return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]  # type: ignore[misc]
@@ -180,7 +183,7 @@ class LMProgrammer:
             self.backend, "next_token_logprobs"
         ):
             grammars = [ProgramGrammar("doc")] * len(prompts)
-            outputs = self._complete(prompts, self.doc_max_new_tokens, grammars)
+            outputs = self._complete("doc", prompts, self.doc_max_new_tokens, grammars)
             return [
                 _written(o, {"truncated_prompt": t} if t else {})
                 for o, t in zip(outputs, truncated)
@@ -197,10 +200,10 @@ class LMProgrammer:
 
     def _keep_scores(self, prompts: Sequence[Prompt]) -> list[float]:
         """Keep scores through the cache: each distinct prompt is scored once."""
-        known, todo = self.cache.split(prompts)
+        known, todo = self.caches["doc"].split(prompts)
         if todo:
             for index, score in zip(todo, self._score([prompts[i] for i in todo])):
-                self.cache.store(prompts[index], score)
+                self.caches["doc"].store(prompts[index], score)
                 known[index] = score
         by_text = {prompts[i].text: known[i] for i in todo}
         return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]
@@ -243,7 +246,7 @@ class LMProgrammer:
             ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in flat
         ]
         prompts = chunk_prompts(flat, self.tokenizer)
-        outputs = iter(self._complete(prompts, self.chunk_max_new_tokens, grammars))
+        outputs = iter(self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars))
         written = []
         for chunks in per_document:
             results = [next(outputs) for _ in chunks]
@@ -257,12 +260,13 @@ class LMProgrammer:
                 written.append(Written("\n".join(results), {"chunks": len(chunks)}))  # type: ignore[arg-type]
         return written
 
-    def stats(self) -> dict[str, Any]:
-        total = self.cache.hits + self.cache.misses
+    def stats(self, stage: Stage) -> dict[str, Any]:
+        cache = self.caches[stage]
+        total = cache.hits + cache.misses
         return {
             "prompts": total,
-            "cache_hits": self.cache.hits,
-            "cache_hit_rate": round(self.cache.hits / total, 4) if total else 0.0,
+            "cache_hits": cache.hits,
+            "cache_hit_rate": round(cache.hits / total, 4) if total else 0.0,
         }
 
 
