@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -195,3 +196,26 @@ def test_summary_counts_outcomes():
             "ok": 2,
         },
     }
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_one_pass_scoring_reads_the_tokens_training_teaches(llama2_dir, tmp_path):
+    from proxkit.programmers.lm import answer_separator, answer_tokens
+
+    chatml = tmp_path / "chatml"
+    shutil.copytree(llama2_dir, chatml)
+    config = json.loads((chatml / "tokenizer_config.json").read_text())
+    (chatml / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML}))
+    for folder, separator in ((llama2_dir, " "), (chatml, "")):
+        tokenizer = load_tokenizer(str(folder))
+        assert answer_separator(tokenizer) == separator
+        prompt = doc_prompts(["A page about rivers."], tokenizer)[0]
+        prefix, keep, drop = answer_tokens(tokenizer, prompt.text, separator)
+        for answer, first in (("keep_doc()", keep), ("drop_doc()", drop)):
+            taught = answer_ids(tokenizer, prompt, answer)
+            assert list(taught[: len(prefix) + 1]) == [*prefix, first]

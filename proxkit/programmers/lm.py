@@ -24,7 +24,7 @@ from proxkit.chunking import Chunker, chunk_content
 from proxkit.io.readers import Document
 from proxkit.programmers.base import STAGES, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
-from proxkit.prompts import Prompt, Truncation, chunk_prompts, doc_prompts
+from proxkit.prompts import Prompt, Truncation, answer_text, chunk_prompts, doc_prompts
 from proxkit.tokenizer import TokenizerInfo
 
 KEEP, DROP = "keep_doc()", "drop_doc()"
@@ -99,13 +99,23 @@ class ProgramCache:
         self.entries[prompt.text] = result
 
 
-def answer_tokens(tokenizer: TokenizerInfo, prompt_text: str) -> tuple[list[int], int, int]:
+def answer_separator(tokenizer: TokenizerInfo) -> str:
+    """What the chat format puts between the prompt and the answer (Llama-2: a space), read
+    from the assistant turn that training renders (`prompts.answer_text`)."""
+    probe = doc_prompts(["x"], tokenizer)[0]
+    continuation = answer_text(tokenizer, probe, KEEP)
+    return continuation[: continuation.index(KEEP)]
+
+
+def answer_tokens(
+    tokenizer: TokenizerInfo, prompt_text: str, separator: str = " "
+) -> tuple[list[int], int, int]:
     """(shared prefix, keep token, drop token): where the two answers first differ after the
-    prompt, tokenized as the model sees them (answer after a space, as in the chat format)."""
+    prompt, tokenized as the model sees them (after `separator`, as training renders them)."""
     encode = tokenizer.backend.encode
     base = encode(prompt_text, add_special_tokens=False).ids
-    keep = encode(f"{prompt_text} {KEEP}", add_special_tokens=False).ids[len(base) :]
-    drop = encode(f"{prompt_text} {DROP}", add_special_tokens=False).ids[len(base) :]
+    keep = encode(f"{prompt_text}{separator}{KEEP}", add_special_tokens=False).ids[len(base) :]
+    drop = encode(f"{prompt_text}{separator}{DROP}", add_special_tokens=False).ids[len(base) :]
     for index, (k, d) in enumerate(zip(keep, drop)):
         if k != d:
             return keep[:index], k, d
@@ -143,6 +153,7 @@ class LMProgrammer:
         # Grammar-constrained generation where the backend can do it (see grammar.py).
         self.constrained = constrained and getattr(backend, "supports_grammars", False)
         self.answers: dict[str, tuple[list[int], int, int]] = {}
+        self.separator = answer_separator(self.tokenizer)
 
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
         if stage == "doc":
@@ -215,7 +226,7 @@ class LMProgrammer:
         for index, prompt in enumerate(prompts):
             tail = prompt.text[-ANSWER_CONTEXT:]  # only the prompt's end decides the answer tokens
             if tail not in self.answers:
-                self.answers[tail] = answer_tokens(self.tokenizer, tail)
+                self.answers[tail] = answer_tokens(self.tokenizer, tail, self.separator)
             prefix, keep, drop = self.answers[tail]
             groups.setdefault((tuple(prefix), keep, drop), []).append(index)
         results: dict[int, float] = {}
