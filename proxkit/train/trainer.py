@@ -195,6 +195,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         "steps": result.global_step,
         "learning_rate": learning_rate,
         "train_loss": result.training_loss,
+        "train_seconds": result.metrics.get("train_runtime"),
         "validation_loss_before": before,
         "validation_loss_after": after,
         "config": to_plain(config),
