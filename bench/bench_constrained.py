@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import LLAMA2, REPO, write_json
 
 
 def main() -> None:
@@ -27,17 +27,14 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--chunks", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument(
-        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
-    )
+    parser.add_argument("--tokenizer", default=str(LLAMA2))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from proxkit.chunking import Chunker
+    from proxkit.chunking import Chunker, chunk_content
     from proxkit.program import execute_chunk
     from proxkit.programmers.grammar import ProgramGrammar, complete_lines
     from proxkit.programmers.hf import TransformersBackend
-    from proxkit.programmers.lm import chunk_content
     from proxkit.prompts import chunk_prompts
     from proxkit.testing import SMALL, random_llama
 
@@ -96,9 +93,7 @@ def main() -> None:
         print(
             f"{name:{width}}  {value!r}" if isinstance(value, str) else f"{name:{width}}  {value}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import LLAMA2, REPO, write_json
 
 
 def best_of(repeats: int, function: Callable[[], object]) -> float:
@@ -49,9 +49,7 @@ def main() -> None:
     )
     parser.add_argument("--input", type=Path, default=REPO / "examples" / "web_docs.jsonl.gz")
     parser.add_argument("--copies", type=int, default=4, help="repeat the corpus this many times")
-    parser.add_argument(
-        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
-    )
+    parser.add_argument("--tokenizer", default=str(LLAMA2))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="documents per chunker call")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -134,14 +132,9 @@ def main() -> None:
         print(f"{name:{width}}  {row['seconds']:9.3f}  {row['MB/s']:9.2f}  {row['docs/s']:10.1f}")
     for name, value in ratios.items():
         print(f"{name}: {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"documents": len(texts), "megabytes": megabytes, "rows": rows, "ratios": ratios},
-                indent=2,
-            )
-        )
+    write_json(
+        args.json, {"documents": len(texts), "megabytes": megabytes, "rows": rows, "ratios": ratios}
+    )
 
 
 if __name__ == "__main__":

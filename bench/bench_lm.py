@@ -18,16 +18,15 @@ against that same-run peak.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
 
-from proxkit.programmers.hf import HFSettings, TransformersBackend
+from benchlib import LLAMA2, print_table, write_json
 
-REPO = Path(__file__).resolve().parents[1]
+from proxkit.programmers.hf import HFSettings, TransformersBackend
 
 
 def matmul_peak(torch, device: str, dtype) -> float:
@@ -77,9 +76,7 @@ def main() -> None:
         help="document lengths in tokens (about)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
-    )
+    parser.add_argument("--tokenizer", default=str(LLAMA2))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=HFSettings.batch_tokens)
     parser.add_argument("--max-batch-size", type=int, default=HFSettings.max_batch_size)
@@ -195,23 +192,16 @@ def main() -> None:
         f"{args.backend} on {args.device} ({hardware}), {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.docs} documents "
         f"per length; matmul peak {peak:.1f} GFLOP/s"
     )
-    header = list(rows[0])
-    print("  ".join(f"{h:>24}" for h in header))
-    for row in rows:
-        print("  ".join(f"{row[h]!s:>24}" for h in header))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "backend": args.backend,
-                    "device": hardware,
-                    "matmul_peak_gflops": peak,
-                    "rows": rows,
-                },
-                indent=2,
-            )
-        )
+    print_table(rows, 24)
+    write_json(
+        args.json,
+        {
+            "backend": args.backend,
+            "device": hardware,
+            "matmul_peak_gflops": peak,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO, print_table, write_json
+
 CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
 
 
@@ -123,10 +124,7 @@ def main() -> None:
                     }
                 )
     print(f"prox refine, rule programmer, {os.cpu_count()} CPUs (times include start-up)")
-    header = list(rows[0])
-    print("  ".join(f"{h:>12}" for h in header))
-    for row in rows:
-        print("  ".join(f"{row[h]!s:>12}" for h in header))
+    print_table(rows, 12)
     by = {(r["input"], r["engine"], r["workers"]): r for r in rows}
     for workers in args.workers:
         small, large = by[("1x", "local", workers)], by[("4x", "local", workers)]
@@ -137,9 +135,7 @@ def main() -> None:
             ray_seconds = by[(scale, "ray", "cluster")]["seconds"]
             best_local = min(by[(scale, "local", w)]["seconds"] for w in args.workers)
             print(f"{scale}: ray / best local time = {ray_seconds / best_local:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

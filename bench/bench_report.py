@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO, print_table, write_json
+
 CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
 
 
@@ -90,13 +91,8 @@ def main() -> None:
                     "open in Chromium s": None if opened is None else round(opened, 2),
                 }
             )
-    header = list(rows[0])
-    print("  ".join(f"{h:>20}" for h in header))
-    for row in rows:
-        print("  ".join(f"{row[h]!s:>20}" for h in header))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+    print_table(rows, 20)
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from bench_lm import matmul_peak
+from benchlib import LLAMA2, REPO, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
 
 
@@ -62,9 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument(
-        "--tokenizer", default=str(REPO.parent / "shared" / "tokenizers" / "llama2")
-    )
+    parser.add_argument("--tokenizer", default=str(LLAMA2))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -115,9 +113,7 @@ def main() -> None:
     }
     for key, value in row.items():
         print(f"{key:>32}  {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"matmul_peak_gflops": peak, **row}, indent=2))
+    write_json(args.json, {"matmul_peak_gflops": peak, **row})
 
 
 if __name__ == "__main__":

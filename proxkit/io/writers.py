@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -119,6 +120,17 @@ class _ParquetFile:
         else:
             self.writer.close()
         os.replace(self.partial, self.path)
+
+
+def fresh_folder(path: str | Path, overwrite: bool) -> Path:
+    """An empty folder at `path`; an existing non-empty one is replaced only with `overwrite`."""
+    folder = Path(path)
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{folder} exists; use --overwrite to replace it")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def output_suffix(output_format: str) -> str:

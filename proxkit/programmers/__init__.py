@@ -56,16 +56,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
         from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
 
         backend = OpenAIBackend(
-            spec,
-            OpenAISettings(
-                api_base=config.api_base,
-                api_key_env=config.api_key_env,
-                max_concurrency=config.max_concurrency,
-                timeout=config.request_timeout,
-                max_retries=config.max_retries,
-                api=config.api_mode,
-            ),
-            tokenizer=config.tokenizer,
+            spec, OpenAISettings.from_config(config, config.api_mode), tokenizer=config.tokenizer
         )
     elif config.backend == "vllm":
         from proxkit.programmers.vllm import VLLMBackend

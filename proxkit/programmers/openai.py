@@ -23,6 +23,7 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxkit.programmers.lm import GenerationError
 from proxkit.prompts import SYSTEM_MESSAGE, Prompt
@@ -40,6 +41,18 @@ class OpenAISettings:
     max_retries: int = 4
     backoff: float = 0.5  # seconds before the first retry; doubles, capped at 30 s
     api: str = "completions"  # or "chat": system + user messages, templated by the server
+
+    @classmethod
+    def from_config(cls, config: Any, api: str) -> OpenAISettings:
+        """From any configuration with the server fields (refine's or annotate's)."""
+        return cls(
+            api_base=config.api_base,
+            api_key_env=config.api_key_env,
+            max_concurrency=config.max_concurrency,
+            timeout=config.request_timeout,
+            max_retries=config.max_retries,
+            api=api,
+        )
 
 
 class OpenAIClient:

@@ -94,16 +94,7 @@ class Answer:
 class Teacher:
     def __init__(self, config: AnnotateConfig) -> None:
         self.model = config.teacher_model
-        self.client = OpenAIClient(
-            OpenAISettings(
-                api_base=config.api_base,
-                api_key_env=config.api_key_env,
-                max_concurrency=config.max_concurrency,
-                timeout=config.request_timeout,
-                max_retries=config.max_retries,
-                api="chat",
-            )
-        )
+        self.client = OpenAIClient(OpenAISettings.from_config(config, api="chat"))
 
     def ask(
         self,

@@ -13,7 +13,6 @@ seeded hash of its id); the validation documents' annotations are also written t
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunker
 from proxkit.config import ConfigError
+from proxkit.io.writers import fresh_folder
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS, answer_ids, answer_text, chunk_prompts, doc_prompts
 from proxkit.seeded import priority
@@ -127,12 +127,7 @@ def write_sft_data(config: SFTConfig) -> dict[str, Any]:
     source = annotations_file(config.annotations)
     if not source.is_file():
         raise FileNotFoundError(f"no annotations at {source}")
-    out = Path(config.output)
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise FileExistsError(f"{out} exists; use --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_folder(config.output, config.overwrite)
     tokenizer = load_tokenizer(config.tokenizer)
     chunker = Chunker(tokenizer.backend, config.max_chunk_tokens)
     counts: Counter[str] = Counter()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from proxkit.config import ConfigError, to_plain
+from proxkit.io.writers import fresh_folder
 from proxkit.tokenizer import TOKENIZER_FILES, TokenizerInfo, load_tokenizer, resolve_folder
 
 IGNORE = -100  # label of a position the loss skips
@@ -119,11 +120,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     )
     if not train_set:
         raise ConfigError(f"{data / 'train.jsonl'} holds no example that fits max_length")
-    out = Path(config.output)
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise FileExistsError(f"{out} exists; use --overwrite to replace it")
-        shutil.rmtree(out)
+    out = fresh_folder(config.output, config.overwrite)
 
     on_gpu = torch.cuda.is_available()
     dtype = config.dtype
