@@ -11,13 +11,11 @@ pass --model for a real refining model folder.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import LLAMA2, REPO, write_json
+from benchlib import LLAMA2, example_records, write_json
 
 
 def main() -> None:
@@ -44,8 +42,7 @@ def main() -> None:
             random_llama(Path(folder), Path(args.tokenizer), **SMALL)
             model = folder
         backend = TransformersBackend(model)
-        with gzip.open(REPO / "examples" / "web_docs.jsonl.gz", "rt") as handle:
-            texts = [json.loads(line)["text"] for _, line in zip(range(8), handle)]
+        texts = [record["text"] for record in example_records()[:8]]
         chunks = [c for doc in Chunker(backend.tokenizer.backend, 400)(texts) for c in doc][
             : args.chunks
         ]

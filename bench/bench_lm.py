@@ -5,7 +5,7 @@ weights: speed does not depend on them). Reports, in one run on the same prompts
 - the fp32 matrix-multiply peak of this machine (torch, all threads), the reference;
 - prefill tokens/s and achieved GFLOP/s of the model's forward pass, as a fraction of that peak;
 - doc level: one forward pass (keep score) against greedy generation of the answer as a
-  trained model writes it (`keep_doc()` is 4 tokens with the Llama-2 tokenizer, then EOS).
+  trained model writes it (" keep_doc() </s>": 6 tokens with the Llama-2 tokenizer).
 
     python bench/bench_lm.py [--docs 16] [--doc-tokens 512] [--device cpu] [--json out.json]
     python bench/bench_lm.py --device cuda --compile --docs 512 --batch-tokens 131072 --max-batch-size 512
@@ -94,7 +94,7 @@ def main() -> None:
 
     from proxkit.io.readers import Document
     from proxkit.programmers.lm import DocScoring, LMProgrammer
-    from proxkit.prompts import doc_prompts
+    from proxkit.prompts import answer_ids, doc_prompts
     from proxkit.testing import REFINING_LM_0_3B, random_llama
 
     torch.manual_seed(0)
@@ -138,10 +138,9 @@ def main() -> None:
             "towns",
         ]
         rng = random.Random(0)  # distinct documents: the program cache must not help either path
-        # What a trained model generates before it stops: the answer's tokens, then EOS.
-        encode = backend.tokenizer.backend.encode
-        probe = doc_prompts(["x"], backend.tokenizer)[0].text
-        answer = len(encode(probe + " keep_doc()").ids) - len(encode(probe).ids) + 1
+        # What a trained model generates before it stops: its answer turn, end of turn included.
+        probe = doc_prompts(["x"], backend.tokenizer)[0]
+        answer = len(answer_ids(backend.tokenizer, probe, "keep_doc()"))
         peak = matmul_peak(torch, args.device, dtype)
 
         def best(function) -> float:

@@ -10,8 +10,6 @@ and its workers). Memory must stay flat as the input grows.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import subprocess
 import sys
@@ -19,22 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO, print_table, write_json
-
-CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
-
-
-def write_input(path: Path, copies: int) -> tuple[int, float]:
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    megabytes = 0.0
-    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as out:
-        for k in range(copies):
-            for record in records:
-                text = record["text"] if k == 0 else record["text"].replace("\n", f" {k}\n")
-                megabytes += len(text.encode("utf-8")) / 1e6
-                out.write(json.dumps({**record, "id": f"{record['id']}#{k}", "text": text}) + "\n")
-    return copies * len(records), megabytes
+from benchlib import print_table, write_copies, write_json
 
 
 def tree_rss_kib(root: int) -> int:
@@ -104,7 +87,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (1, 4):
             input_path = Path(tmp) / f"in_{scale}x.jsonl.gz"
-            documents, megabytes = write_input(input_path, args.base_copies * scale)
+            documents, megabytes = write_copies(input_path, args.base_copies * scale)
             runs = [("local", w) for w in args.workers] + ([("ray", 0)] if args.ray else [])
             for engine, workers in runs:
                 seconds, peak_kib = run(

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO, print_table, write_json
-
-CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
+from benchlib import CORPUS, print_table, write_json
 
 
 def make_run(base: Path, folder: Path, documents: int) -> None:

@@ -1,11 +1,12 @@
 """Benchmark `prox train`: training tokens/s and MFU of full fine-tuning on sft-data examples.
 
-The examples come from the shipped example corpus through the real `prox sft-data` code:
-doc-level labels from the rule programmer, every chunk labelled `keep_doc()` (the labels do not
-change the speed). The model has the released 0.3B refining LM's shape with random weights
-(`--shape small` for a quick CPU run). Tokens counted are the examples' own tokens, padding
-excluded; MFU counts 6 x parameters FLOPs per token against a same-run matmul peak (bf16 on a
-GPU, fp32 on a CPU).
+The examples come from the shipped example corpus through the real `prox sft-data` code,
+labelled by the rule programmer as the teacher (`benchlib.train_rule_refiner`). The model has
+the released 0.3B refining LM's shape with random weights (`--shape small` for a quick CPU run).
+Tokens counted are the examples' own tokens, padding excluded; MFU counts the FLOPs training
+does, 6 per parameter and token for the decoder layers, and 6 per LM-head parameter for the
+answer tokens alone (where `prox train` runs the head), against a same-run matmul peak (bf16 on
+a GPU, fp32 on a CPU).
 
     python bench/bench_train.py --steps 30 --batch-size 16            # on a GPU
     python bench/bench_train.py --shape small --steps 5 --batch-size 4  # on a CPU
@@ -14,44 +15,11 @@ GPU, fp32 on a CPU).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import tempfile
 from pathlib import Path
 
 from bench_lm import matmul_peak
-from benchlib import LLAMA2, REPO, write_json
-
-CORPUS = REPO / "examples" / "web_docs.jsonl.gz"
-
-
-def annotations(path: Path, tokenizer_dir: str) -> None:
-    """Annotation records in `prox annotate`'s format, labelled by rules instead of a teacher."""
-    from proxkit.chunking import Chunker
-    from proxkit.io.readers import Document
-    from proxkit.programmers import make_programmer
-    from proxkit.tokenizer import load_tokenizer
-
-    with gzip.open(CORPUS, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
-    documents = [Document(r["id"], r["text"], r, "corpus", i) for i, r in enumerate(records)]
-    programs = make_programmer("rules").write("doc", documents)
-    chunks = Chunker(load_tokenizer(tokenizer_dir).backend)([d.text for d in documents])
-    ok = {"ok": True, "attempts": [], "error": None}
-    with path.open("w", encoding="utf-8") as out:
-        for document, written, document_chunks in zip(documents, programs, chunks):
-            chunk_records = [
-                {**ok, "first_line": c.first_line, "last_line": c.last_line, "text": c.text,
-                 "program": "keep_doc()"}
-                for c in document_chunks
-            ]  # fmt: skip
-            record = {
-                "id": document.id,
-                "text": document.text,
-                "doc": {**ok, "program": written.program},
-                "chunks": chunk_records,
-            }
-            out.write(json.dumps(record) + "\n")
+from benchlib import LLAMA2, train_rule_refiner, write_json
 
 
 def main() -> None:
@@ -68,36 +36,33 @@ def main() -> None:
 
     import torch
 
-    from proxkit.synth.sft import SFTConfig, write_sft_data
-    from proxkit.testing import REFINING_LM_0_3B, SMALL, random_llama
-    from proxkit.train.trainer import TrainConfig, read_examples, train
+    from proxkit.testing import REFINING_LM_0_3B, SMALL
+    from proxkit.train.trainer import IGNORE, read_examples
 
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     peak = matmul_peak(torch, device, torch.bfloat16 if on_gpu else torch.float32)
+    shape = REFINING_LM_0_3B if args.shape == "0.3b" else SMALL
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        annotations(folder / "annotations.jsonl", args.tokenizer)
-        write_sft_data(
-            SFTConfig(str(folder / "annotations.jsonl"), str(folder / "sft"), args.tokenizer, 0.05)
-        )
-        examples, _ = read_examples(folder / "sft" / "train.jsonl", args.max_length)
-        mean_tokens = sum(len(e["input_ids"]) for e in examples) / len(examples)
-        shape = REFINING_LM_0_3B if args.shape == "0.3b" else SMALL
-        model = random_llama(folder / "base", Path(args.tokenizer), **shape)
-        parameters = sum(p.numel() for p in model.parameters())
-        del model
-        report = train(
-            TrainConfig(
-                str(folder / "sft"), str(folder / "base"), str(folder / "out"),
-                max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                learning_rate=1e-4, logging_steps=max(args.steps // 3, 1),
-            ),
-            progress=False,
+        report = train_rule_refiner(
+            folder, args.tokenizer, shape,
+            max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+            learning_rate=1e-4, logging_steps=max(args.steps // 3, 1),
         )  # fmt: skip
-    tokens = args.steps * args.batch_size * mean_tokens
+        examples, _ = read_examples(folder / "sft" / "train.jsonl", args.max_length)
+    mean_tokens = sum(len(e["input_ids"]) for e in examples) / len(examples)
+    mean_answer = sum(sum(t != IGNORE for t in e["labels"]) for e in examples) / len(examples)
+    h, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * h // shape["num_attention_heads"]
+    decoder = layers * (2 * h * h + 2 * h * kv + 3 * h * f)
+    head = h * 32000
+    parameters = decoder + 2 * head
+    sequences = args.steps * args.batch_size
+    tokens = sequences * mean_tokens
     seconds = report["train_seconds"]
-    achieved = 6 * parameters * tokens / seconds / 1e9
+    flops = 6 * (decoder * tokens + head * sequences * mean_answer)
+    achieved = flops / seconds / 1e9
     row = {
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
         "precision": report["precision"],

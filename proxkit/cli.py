@@ -17,7 +17,8 @@ from rich.table import Table
 from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
 from proxkit.io.rejects import RejectLog
-from proxkit.pipeline.local import OutputExists, RunPaths, run_local
+from proxkit.pipeline.replicas import ReplicaFailed
+from proxkit.pipeline.run import OutputExists, RunPaths, run
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import ResumeRefused
 from proxkit.program import Thresholds
@@ -123,6 +124,17 @@ def _size(value: str | None) -> int | None:
     return int(number * base ** " kmgt".index(unit[:1] or " "))
 
 
+def _gpus(value: str) -> tuple[str, ...]:
+    """'4' -> cuda:0..cuda:3; '0,2' -> cuda:0, cuda:2."""
+    value = value.strip()
+    if value.isdigit() and "," not in value:
+        return tuple(f"cuda:{i}" for i in range(int(value)))
+    numbers = [v.strip() for v in value.split(",") if v.strip()]
+    if not numbers or not all(n.isdigit() for n in numbers):
+        raise typer.BadParameter(f"--gpus takes a count (4) or device numbers (0,2), got {value!r}")
+    return tuple(f"cuda:{n}" for n in numbers)
+
+
 def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -138,7 +150,7 @@ def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
 
 def _run(config: RefineConfig, quiet: bool, title: str) -> None:
     try:
-        stats = run_local(config, progress=not quiet)
+        stats = run(config, progress=not quiet)
     except (
         OutputExists,
         ResumeRefused,
@@ -148,6 +160,8 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
         ModelNotFound,
     ) as exc:
         _fail(str(exc))
+    except ReplicaFailed as exc:
+        _fail(str(exc), code=1)
     except OSError as exc:  # reading errors become rejects; this is the output failing
         _fail(
             f"could not write the output ({exc}); the file being written was not marked "
@@ -316,6 +330,20 @@ def refine(
             help="Instead of a threshold, keep this fraction of the best-scoring documents of each batch.",
         ),
     ] = None,
+    doc_max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--doc-max-new-tokens",
+            help="Token limit of a generated doc-level program (--doc-scoring generate). [default: 16]",
+        ),
+    ] = None,
+    chunk_max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-max-new-tokens",
+            help="Token limit of a generated chunk-level program (the reference's 256). [default: 256]",
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(
@@ -333,7 +361,49 @@ def refine(
         int | None,
         typer.Option(
             "--batch-tokens",
-            help="transformers backend: prompt tokens per forward batch, padding included. [default: 16384]",
+            help="transformers backend: prompt tokens per forward batch, padding included (continuous batching: tokens per step). [default: 16384]",
+        ),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size",
+            help="transformers backend: sequences per batch (continuous batching: per step). [default: 64]",
+        ),
+    ] = None,
+    generation: Annotated[
+        str | None,
+        typer.Option(
+            "--generation",
+            help="transformers backend: 'continuous' (continuous batching: a finished output frees its slot at once), 'static' (padded batches), or 'auto' (continuous on a GPU, static on CPU, where it measured faster). [default: auto]",
+        ),
+    ] = None,
+    kv_cache_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--kv-cache-tokens",
+            help="transformers backend, continuous batching: KV cache size in tokens (0: from free GPU memory; 65536 on CPU). [default: 0]",
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            "--gpus",
+            help="One model replica (process) per GPU of this node, fed from one ordered stream: a count (--gpus 4) or device numbers (--gpus 0,2). Output is byte for byte that of one GPU.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        str | None,
+        typer.Option(
+            "--replicas",
+            help="Like --gpus with any devices, e.g. cuda:0,cuda:0 (two replicas on one GPU) or cpu,cpu (each takes its share of the cores).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="torch CPU threads per model (0: all cores, shared among CPU replicas). [default: 0]",
         ),
     ] = None,
     compile_model: Annotated[
@@ -396,8 +466,14 @@ def refine(
     a killed run (finished files are kept, unfinished ones redone); another configuration is
     refused unless --overwrite.
     """
+    if gpus is not None and replicas is not None:
+        _fail("give --gpus or --replicas, not both")
     overrides = _overrides(
-        locals(), inputs=tuple(inputs), shard_bytes=_size(shard_size), unit_bytes=_size(unit_size)
+        locals(),
+        inputs=tuple(inputs),
+        shard_bytes=_size(shard_size),
+        unit_bytes=_size(unit_size),
+        replicas=_gpus(gpus) if gpus is not None else replicas,
     )
     config = _load(config_file, overrides)
     _run(config, quiet, "prox refine")

@@ -8,6 +8,7 @@ Unknown keys are an error, so a typo in a config file cannot be silently ignored
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -66,6 +67,11 @@ class RefineConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int = 16_384
+    max_batch_size: int = 64  # sequences per static batch / per continuous-batching step
+    generation: str = "auto"  # continuous, static, or auto (continuous on GPUs, static on CPU)
+    kv_cache_tokens: int = 0  # continuous batching's KV cache; 0: sized from free GPU memory
+    replicas: tuple[str, ...] = ()  # one model process per device (--gpus 0,1: cuda:0, cuda:1)
+    threads: int = 0  # torch CPU threads per model; 0: the cores, shared among CPU replicas
     compile_model: bool = False
     tensor_parallel: int = 1
     api_base: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
@@ -97,6 +103,15 @@ class RefineConfig:
             )
         if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
+        if self.generation not in ("auto", "continuous", "static"):
+            raise ConfigError(
+                f"generation must be auto, continuous or static, got {self.generation!r}"
+            )
+        bad = [d for d in self.replicas if not re.fullmatch(r"cpu|cuda(:\d+)?", d)]
+        if bad:
+            raise ConfigError(f"replicas are devices such as cuda:0 or cpu, got {bad[0]!r}")
+        if self.max_batch_size < 1 or self.kv_cache_tokens < 0 or self.threads < 0:
+            raise ConfigError("max_batch_size must be >= 1, kv_cache_tokens >= 0, threads >= 0")
 
     @classmethod
     def load(
@@ -120,6 +135,7 @@ class RefineConfig:
         data = dataclasses.asdict(self)
         data["inputs"] = list(self.inputs)
         data["stages"] = list(self.stages)
+        data["replicas"] = list(self.replicas)
         return data
 
 

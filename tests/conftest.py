@@ -31,6 +31,16 @@ def llama2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def refiner(tmp_path_factory: pytest.TempPathFactory, llama2_dir: Path) -> Path:
+    """A tiny refining model trained for both stages (tests/tiny_model.py), saved as a folder."""
+    pytest.importorskip("torch")
+    from tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("refiner")
+    return build_tiny_model(folder, llama2_dir, steps=200, chunk_level=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small BPE tokenizer with a BOS post-processor, like Llama's, trained on local text."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers

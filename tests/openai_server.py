@@ -92,10 +92,11 @@ def main() -> None:
         backend = TransformersBackend(args.model)
         lock = threading.Lock()
 
-        def answer(prompt: str, max_tokens: int = 16) -> str:  # type: ignore[misc]
+        def answer(prompt: str, max_tokens: int = 16) -> tuple[str, int, bool]:  # type: ignore[misc]
             ids = backend.tokenizer.backend.encode(prompt).ids  # the server adds BOS
             with lock:
-                return backend.generate([Prompt(prompt, tuple(ids))], max_tokens)[0]
+                done = backend.generate([Prompt(prompt, tuple(ids))], max_tokens)[0]
+            return done.text, done.tokens, done.hit_limit
 
     attempts: Counter[str] = Counter()
     totals = {"requests": 0}
@@ -149,25 +150,28 @@ def main() -> None:
                 if kind == "slow" and attempt <= times:
                     time.sleep(4)
             if args.teacher:
-                text = teacher(request["messages"])
+                text, tokens, cut = teacher(request["messages"]), 0, False
             elif args.model:
                 templated = llama2_chat(prompt).removeprefix("<s>") if chat else prompt
-                text = answer(templated, request.get("max_tokens", 16))
+                text, tokens, cut = answer(templated, request.get("max_tokens", 16))
             else:
                 text = answer(prompt)
+                tokens, cut = len(text.split("(")), False  # a stand-in count for the script
+            finish = "length" if cut else "stop"
             if chat:
                 choice = {
                     "index": 0,
                     "message": {"role": "assistant", "content": " " + text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                 }
             else:
-                choice = {"index": 0, "text": " " + text, "finish_reason": "stop"}
+                choice = {"index": 0, "text": " " + text, "finish_reason": finish}
             body = {
                 "id": "cmpl-test",
                 "object": "chat.completion" if chat else "text_completion",
                 "model": request.get("model"),
                 "choices": [choice],
+                "usage": {"completion_tokens": tokens},
             }
             return self._send(200, json.dumps(body).encode())
 

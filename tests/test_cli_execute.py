@@ -191,7 +191,7 @@ def test_every_refine_flag_reaches_the_configuration(tmp_path, monkeypatch):
         captured["config"] = config
         return RunStats(documents=1)
 
-    monkeypatch.setattr(proxkit.cli, "run_local", fake_run)
+    monkeypatch.setattr(proxkit.cli, "run", fake_run)
     flags = {
         "--doc-keep-fraction": "0.3",
         "--batch-tokens": "123",

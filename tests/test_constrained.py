@@ -24,6 +24,7 @@ def accepts(grammar: ProgramGrammar, text: str) -> bool:
 def test_doc_grammar():
     doc = ProgramGrammar("doc")
     assert accepts(doc, "keep_doc()") and accepts(doc, " drop_doc()")
+    assert accepts(doc, " keep_doc() ")  # the Llama-2 chat format's answer ends with " </s>"
     assert not any(
         accepts(doc, t)
         for t in (
@@ -36,8 +37,14 @@ def test_doc_grammar():
 
 
 def test_chunk_grammar_enforces_ranges_and_sources():
-    assert accepts(CHUNK, "remove_lines(line_start=10, line_end=12)\nkeep_doc()")
+    assert accepts(CHUNK, "keep_doc()") and accepts(CHUNK, " keep_doc()")
+    assert accepts(
+        CHUNK, "remove_lines(line_start=10, line_end=10)\nremove_lines(line_start=12, line_end=12)"
+    )
     assert accepts(CHUNK, 'normalize(source_str="Copyright 2024", target_str="")')
+    assert accepts(
+        CHUNK, 'normalize(source_str="|", target_str="-")\nremove_lines(line_start=11, line_end=12)'
+    )
     for bad in (
         "remove_lines(line_start=9, line_end=10)",  # before the chunk
         "remove_lines(line_start=11, line_end=13)",  # past the chunk
@@ -50,27 +57,57 @@ def test_chunk_grammar_enforces_ranges_and_sources():
         assert not accepts(CHUNK, bad), bad
 
 
+def test_the_grammar_ends_programs_where_a_trained_model_would():
+    """Nothing follows keep_doc(), ranges come in order without overlap, and a normalize
+    source is written once: a confused model cannot repeat itself until the token limit."""
+    for repetitive in (
+        "keep_doc()\nkeep_doc()",
+        "keep_doc() \nkeep_doc()",
+        "keep_doc()\n",
+        "remove_lines(line_start=10, line_end=12)\nkeep_doc()",
+        "remove_lines(line_start=10, line_end=11)\nremove_lines(line_start=11, line_end=12)",
+        "remove_lines(line_start=11, line_end=11)\nremove_lines(line_start=10, line_end=10)",
+        'normalize(source_str="Docs", target_str="")\nnormalize(source_str="Docs", target_str="x")',
+    ):
+        assert not accepts(CHUNK, repetitive), repetitive
+    # Once the last line is removed, no range can follow, and the program can only end
+    # or normalize.
+    state = CHUNK.feed(CHUNK.start(), "remove_lines(line_start=12, line_end=12)\n")
+    assert CHUNK.feed(state, "r") is None and CHUNK.feed(state, "n") is not None
+
+
 substrings = st.integers(0, len(TEXT) - 1).flatmap(
     lambda i: st.integers(i + 1, len(TEXT)).map(lambda j: TEXT[i:j])
 )
-valid_ops = st.one_of(
-    st.just(KeepDoc()),
-    st.tuples(st.integers(10, 12), st.integers(10, 12)).map(lambda r: RemoveLines(min(r), max(r))),
-    st.builds(
-        Normalize,
-        substrings.filter(lambda s: '"' not in s and "\n" not in s),
-        # constrained strings hold nothing that serialises with a backslash escape
-        st.text(
-            st.characters(exclude_characters='"\\\n\r\x00', exclude_categories=("Cs",)), max_size=8
-        ),
+normalizations = st.builds(
+    Normalize,
+    substrings.filter(lambda s: '"' not in s and "\n" not in s),
+    # constrained strings hold nothing that serialises with a backslash escape
+    st.text(
+        st.characters(exclude_characters='"\\\n\r\x00', exclude_categories=("Cs",)), max_size=8
     ),
 )
 
 
-@given(st.lists(valid_ops, min_size=1, max_size=6))
+@st.composite
+def valid_programs(draw) -> Program:
+    """keep_doc() alone, or ranges in document order without overlap and normalizations
+    of distinct sources, interleaved."""
+    if draw(st.booleans()) and draw(st.booleans()):
+        return Program((KeepDoc(),))
+    bounds = sorted(draw(st.lists(st.integers(10, 12), max_size=6, unique=True)))
+    ranges = [RemoveLines(bounds[i], bounds[i + 1]) for i in range(0, len(bounds) - 1, 2)]
+    ranges = [r for i, r in enumerate(ranges) if i == 0 or r.start > ranges[i - 1].end]
+    normalizes = draw(st.lists(normalizations, max_size=3, unique_by=lambda n: n.source))
+    ops = draw(st.permutations(ranges + normalizes)) if ranges or normalizes else [KeepDoc()]
+    order = iter(sorted(ranges, key=lambda r: r.start))
+    return Program(tuple(next(order) if isinstance(op, RemoveLines) else op for op in ops))
+
+
+@given(valid_programs())
 @settings(max_examples=300)
-def test_every_valid_program_is_accepted_and_parses_cleanly(ops):
-    text = Program(tuple(ops)).to_text()
+def test_every_valid_program_is_accepted_and_parses_cleanly(program):
+    text = program.to_text()
     assert accepts(CHUNK, text)
     assert parse(text).errors == ()
 
@@ -112,28 +149,36 @@ def malformed_rate(outputs, chunks) -> float:
     return bad / len(outputs)
 
 
+@pytest.mark.parametrize("generation", ["static", "continuous"])
 @pytest.mark.parametrize("steps", [0, 120])
-def test_constrained_generation_never_writes_a_malformed_program(steps, tmp_path, llama2_dir):
+def test_constrained_generation_never_writes_a_malformed_program(
+    steps, generation, tmp_path, llama2_dir
+):
     pytest.importorskip("torch")
     from proxkit.chunking import Chunker, chunk_content
-    from proxkit.programmers.hf import TransformersBackend
+    from proxkit.programmers.hf import HFSettings, TransformersBackend
     from proxkit.prompts import chunk_prompts
 
     from tiny_model import build_tiny_model
 
-    backend = TransformersBackend(str(build_tiny_model(tmp_path / "m", llama2_dir, steps=steps)))
+    folder = build_tiny_model(tmp_path / "m", llama2_dir, steps=steps)
+    backend = TransformersBackend(str(folder), HFSettings(generation=generation))
     texts = [record["text"] for record in example_records()[:3]]
     chunks = [c for doc in Chunker(backend.tokenizer.backend, 300)(texts) for c in doc][:12]
     prompts = chunk_prompts(chunks, backend.tokenizer)
     grammars = [
         ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in chunks
     ]
-    free = [o.strip(" ") for o in backend.generate(prompts, 24)]
-    constrained = [
-        complete_lines(g, o).strip(" ")
-        for g, o in zip(grammars, backend.generate(prompts, 24, grammars))
-    ]
+    free = [o.text.strip(" ") for o in backend.generate(prompts, 24)]
+    written = backend.generate(prompts, 24, grammars)
+    constrained = [complete_lines(g, o.text).strip(" ") for g, o in zip(grammars, written)]
     assert malformed_rate(constrained, chunks) == 0.0
-    assert (
-        malformed_rate(free, chunks) > 0.5
-    )  # a doc-level model at chunk level writes drop_doc() or noise
+    if steps == 0:  # a random model, unconstrained, writes noise
+        assert malformed_rate(free, chunks) > 0.5
+    else:  # a trained doc-level model answers keep_doc(), valid here: the grammar changes nothing
+        assert constrained == free and malformed_rate(free, chunks) == 0.0
+    if (
+        generation == "continuous" and steps == 0
+    ):  # free outputs fall outside the grammar: all redone
+        assert backend.continuous_stopped is None
+        assert all(o.regenerated for o in written)

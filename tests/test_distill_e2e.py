@@ -238,3 +238,21 @@ def test_lora_training_saves_a_merged_standard_checkpoint(llama2_dir, tmp_path):
         (other / name).write_bytes((tmp_path / "base" / name).read_bytes())
     with pytest.raises(TokenizerMismatch, match="rebuild them with prox sft-data"):
         train(TrainConfig(str(tmp_path / "sft"), str(other), str(tmp_path / "x")), progress=False)
+
+
+def test_the_answer_only_loss_is_the_causal_lm_loss(tmp_path, llama2_dir):
+    """prox train runs the LM head on answer tokens only; the loss is transformers' own."""
+    import torch
+
+    from proxkit.testing import random_llama
+    from proxkit.train.trainer import IGNORE, answer_loss, collate
+
+    model = random_llama(tmp_path / "m", llama2_dir)
+    examples = [
+        {"input_ids": list(range(5, 25)), "labels": [IGNORE] * 15 + list(range(20, 25))},
+        {"input_ids": list(range(7, 19)), "labels": [IGNORE] * 9 + list(range(16, 19))},
+    ]
+    batch = collate(2)(examples)
+    expected = model(**batch).loss
+    assert answer_loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.isfinite(expected)

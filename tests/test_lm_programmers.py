@@ -12,7 +12,8 @@ pytest.importorskip("transformers")
 
 from proxkit.config import RefineConfig
 from proxkit.io.readers import Document
-from proxkit.pipeline.local import build_processor, run_local
+from proxkit.pipeline.batch import build_processor
+from proxkit.pipeline.run import run
 from proxkit.programmers import make_programmer
 from proxkit.programmers.hf import HFSettings, ModelNotFound, TransformersBackend
 from proxkit.programmers.lm import DocScoring, LMProgrammer
@@ -108,7 +109,7 @@ def test_refine_with_a_model_folder(trained_model, tmp_path):
         chunk_max_new_tokens=8,
         output_format="jsonl",
     )
-    stats = run_local(config, progress=False)
+    stats = run(config, progress=False)
     records = [
         json.loads(line)
         for line in (tmp_path / "out" / "part-00000-00000.jsonl").read_text().splitlines()
@@ -130,7 +131,16 @@ def test_program_cache_sends_each_distinct_prompt_once(trained_model):
     duplicated = docs + [Document(f"copy{d.id}", d.text, {}, "mem", 0) for d in docs]
     programmer = LMProgrammer(TransformersBackend(str(trained_model)), DocScoring("generate"))
     first = programmer.write("doc", duplicated)
-    assert programmer.stats("doc") == {"prompts": 12, "cache_hits": 6, "cache_hit_rate": 0.5}
+    stats = programmer.stats("doc")
+    assert {k: stats[k] for k in ("prompts", "cache_hits", "cache_hit_rate", "model_prompts")} == {
+        "prompts": 12,
+        "cache_hits": 6,
+        "cache_hit_rate": 0.5,
+        "model_prompts": 6,
+    }
+    # " keep_doc() " and " drop_doc() " are 5 tokens each with Llama-2's vocabulary; then EOS
+    assert stats["output_tokens"] == {5: 6} and stats["generated_tokens"] == 30
+    assert stats["outputs_at_token_limit"] == 0
     assert [w.program for w in first[:6]] == [w.program for w in first[6:]]
     programmer.write("doc", docs)
     assert programmer.stats("doc")["cache_hits"] == 12

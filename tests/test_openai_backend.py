@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxkit.config import RefineConfig
-from proxkit.pipeline.local import run_local
+from proxkit.pipeline.run import run
 from proxkit.program import Thresholds
 
 from conftest import LLAMA2, start_server
@@ -54,7 +54,7 @@ def refine(tmp_path: Path, url: str, docs: dict[str, str], **overrides) -> tuple
         thresholds=Thresholds(short_doc_words=3),
         **overrides,
     )
-    stats = run_local(config, progress=False)
+    stats = run(config, progress=False)
     records = [
         json.loads(line)
         for line in (tmp_path / "out" / "part-00000-00000.jsonl").read_text().splitlines()

@@ -13,7 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from proxkit.config import RefineConfig  # noqa: E402
-from proxkit.pipeline.local import run_local  # noqa: E402
+from proxkit.pipeline.run import run  # noqa: E402
 
 from conftest import example_records  # noqa: E402
 
@@ -45,7 +45,7 @@ def refine(corpus: Path, output: Path, **options) -> dict:
         workers=1,
         **options,
     )
-    return run_local(config, progress=False).to_dict()
+    return run(config, progress=False).to_dict()
 
 
 def shards(folder: Path) -> dict[str, bytes]:
@@ -94,7 +94,7 @@ def test_model_programmers_run_as_an_actor_pool(corpus, tmp_path, llama2_dir):
             ray_actors=1,
             output_format="jsonl",
         )
-        run_local(config, progress=False)
+        run(config, progress=False)
     local, on_ray = (
         (tmp_path / e / "part-00000-00000.jsonl").read_text() for e in ("local", "ray")
     )

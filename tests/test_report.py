@@ -15,7 +15,7 @@ import pytest
 
 from proxkit.config import RefineConfig
 from proxkit.io.readers import Fields
-from proxkit.pipeline.local import run_local
+from proxkit.pipeline.run import run
 from proxkit.program.executor import Thresholds, execute_chunk
 from proxkit.report.collect import collect, read_records
 from proxkit.report.diff import document_view
@@ -64,7 +64,7 @@ def stored_run(tmp_path_factory) -> Path:
         inputs=(str(source),), output=str(folder / "out"), doc_programmer="stored",
         chunk_programmer="stored", workers=1, thresholds=Thresholds(short_doc_words=3),
     )  # fmt: skip
-    run_local(config, progress=False)
+    run(config, progress=False)
     return folder / "out"
 
 
@@ -75,7 +75,7 @@ def example_run(tmp_path_factory) -> Path:
         inputs=(str(EXAMPLE_CORPUS),), output=str(output), doc_programmer="rules",
         chunk_programmer="rules", workers=1,
     )  # fmt: skip
-    run_local(config, progress=False)
+    run(config, progress=False)
     return output
 
 

@@ -2,7 +2,9 @@
 
 It learns the doc-level task on a toy rule (documents with spam lines -> drop_doc()), which is
 enough for its greedy outputs to be real programs, so the one-pass scorer can be compared with
-generation, and the model loads through the same code path as a released checkpoint.
+generation, and the model loads through the same code path as a released checkpoint. With
+`chunk_level`, it also learns chunk programs (spam lines -> remove_lines, else keep_doc()), so
+its outputs differ in length like a real refiner's.
 """
 
 from __future__ import annotations
@@ -39,24 +41,40 @@ def make_documents(count: int, seed: int) -> list[tuple[str, bool]]:
     return documents
 
 
-def build_tiny_model(folder: Path, tokenizer_dir: Path, steps: int = 120, seed: int = 0) -> Path:
+def chunk_program(text: str) -> str:
+    """The toy chunk-level rule: remove each spam line, else keep the chunk."""
+    spam = [i for i, line in enumerate(text.split("\n")) if line in SPAM]
+    return "\n".join(f"remove_lines(line_start={i}, line_end={i})" for i in spam) or "keep_doc()"
+
+
+def build_tiny_model(
+    folder: Path, tokenizer_dir: Path, steps: int = 120, seed: int = 0, chunk_level: bool = False
+) -> Path:
     import torch
 
-    from proxkit.prompts import doc_prompts
+    from proxkit.chunking import Chunker
+    from proxkit.prompts import answer_ids, chunk_prompts, doc_prompts
     from proxkit.testing import random_llama, save
     from proxkit.tokenizer import load_tokenizer
 
     model = random_llama(folder, tokenizer_dir, seed)
     tokenizer = load_tokenizer(str(tokenizer_dir))
     documents = make_documents(64, seed)
-    prompts = doc_prompts([text for text, _ in documents], tokenizer)
-    examples = []
-    for prompt, (_, keep) in zip(prompts, documents):
-        answer = tokenizer.backend.encode(
-            prompt.text + (" keep_doc()" if keep else " drop_doc()"), add_special_tokens=False
-        ).ids
-        answer = [*answer[len(prompt.token_ids) :], 2]
-        examples.append((list(prompt.token_ids), answer))
+    texts = [text for text, _ in documents]
+    pairs = [
+        (prompt, "keep_doc()" if keep else "drop_doc()")
+        for prompt, (_, keep) in zip(doc_prompts(texts, tokenizer), documents)
+    ]
+    if chunk_level:
+        chunks = [c for doc in Chunker(tokenizer.backend)(texts) for c in doc]
+        pairs += [
+            (prompt, chunk_program(text))
+            for prompt, text in zip(chunk_prompts(chunks, tokenizer), texts)
+        ]
+    examples = [
+        (list(prompt.token_ids), list(answer_ids(tokenizer, prompt, answer)))
+        for prompt, answer in pairs
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     rng = random.Random(seed)

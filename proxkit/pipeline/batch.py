@@ -1,8 +1,14 @@
 """Refine one batch of documents: doc stage, chunk stage for the kept ones, output records.
 
 `BatchProcessor` is a picklable value, so the local runner can run it in worker processes and
-the Ray runner in tasks or actors. A programmer that raises on a batch is retried one document
-at a time, so one bad record is rejected with its error and the rest of the batch goes on.
+the Ray runner in tasks or actors. A batch is the reader's items in order: documents, and the
+records the reader could not use (`Reject`), which pass straight to the output's rejects.
+
+A batch runs in two steps, so a runner can keep a model busy (`overlap.py`): `start` runs the
+doc stage and hands the kept documents to the chunk programmer, which may still be writing
+when it returns; `finish` waits for the chunk programs, executes them and builds the records.
+`processor(batch)` does both at once. If a programmer raises on a batch, its documents are
+retried one at a time, so one bad record is rejected with its error and the rest goes on.
 """
 
 from __future__ import annotations
@@ -12,14 +18,19 @@ import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxkit.io.readers import Document, Fields, Reject
 from proxkit.pipeline.records import assemble, original_text
 from proxkit.pipeline.stats import RunStats
 from proxkit.program.executor import ExecutionResult, Mode, Thresholds, execute_chunk, execute_doc
-from proxkit.programmers.base import Programmer, Written
+from proxkit.programmers.base import Pending, Programmer, Written, submit
 from proxkit.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from proxkit.config import RefineConfig
+
+Item = Document | Reject
 
 
 @dataclass
@@ -27,6 +38,19 @@ class BatchOutput:
     records: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     stats: RunStats = field(default_factory=RunStats)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A batch whose doc stage is done and whose chunk programs may still be written."""
+
+    originals: list[Document]
+    reader_rejects: list[Reject]
+    doc_written: list[Written]
+    doc_results: list[ExecutionResult | None]
+    survivors: list[int]
+    chunk_pending: Pending
+    fallback: Callable[[], BatchOutput] | None = None  # set when starting failed
 
 
 @dataclass(frozen=True)
@@ -38,63 +62,91 @@ class BatchProcessor:
     fields: Fields = field(default_factory=Fields)
     tokenizer: str | None = None  # a path or Hub id: count tokens before/after in the stats
 
-    def __call__(self, documents: Sequence[Document]) -> BatchOutput:
+    def __call__(self, items: Sequence[Item]) -> BatchOutput:
+        return self.finish(self.start(items))
+
+    def start(self, items: Sequence[Item]) -> Started:
+        documents = [i for i in items if isinstance(i, Document)]
+        rejects = [i for i in items if isinstance(i, Reject)]
         try:
-            return self._process(documents)
+            return self._start(documents, rejects)
         except Exception as exc:
+            fallback = self._one_by_one(documents, exc)
+            return Started([], rejects, [], [], [], lambda: [], fallback)
+
+    def finish(self, started: Started) -> BatchOutput:
+        try:
+            output = started.fallback() if started.fallback is not None else self._finish(started)
+        except Exception as exc:
+            output = self._one_by_one(started.originals, exc)()
+        output.rejects[:0] = started.reader_rejects
+        output.stats.rejected += len(started.reader_rejects)
+        return output
+
+    def _one_by_one(
+        self, documents: Sequence[Document], error: Exception
+    ) -> Callable[[], BatchOutput]:
+        """After `error` on a batch: each document alone (a lone document is rejected)."""
+
+        def run() -> BatchOutput:
             if len(documents) == 1:
-                output = BatchOutput()
-                document = documents[0]
-                output.rejects.append(
-                    Reject(
-                        document.source,
-                        document.position,
-                        f"refining failed: {type(exc).__name__}: {exc}",
-                        json.dumps(document.record, ensure_ascii=False, default=str),
-                        document.id,
-                    )
-                )
-                output.stats.rejected += 1
-                return output
-        merged = BatchOutput()
-        for document in documents:
-            single = self([document])
-            merged.records += single.records
-            merged.rejects += single.rejects
-            merged.stats.merge(single.stats)
-        return merged
+                return _rejected(documents[0], error)
+            merged = BatchOutput()
+            for document in documents:
+                single = self._alone(document)
+                merged.records += single.records
+                merged.rejects += single.rejects
+                merged.stats.merge(single.stats)
+            return merged
 
-    def _write(
+        return run
+
+    def _alone(self, document: Document) -> BatchOutput:
+        try:
+            return self._finish(self._start([document], []))
+        except Exception as exc:
+            return _rejected(document, exc)
+
+    def _submit(
         self, programmer: Programmer | None, stage: str, documents: list[Document]
-    ) -> list[Written]:
+    ) -> Pending:
         if programmer is None or not documents:
-            return [Written(None)] * len(documents)
-        written = programmer.write(stage, documents)  # type: ignore[arg-type]
-        if len(written) != len(documents):
-            raise RuntimeError(
-                f"{programmer.name} returned {len(written)} programs for {len(documents)} documents"
-            )
-        return written
+            nothing = [Written(None)] * len(documents)
+            return lambda: nothing
+        pending = submit(programmer, stage, documents)  # type: ignore[arg-type]
 
-    def _process(self, documents: Sequence[Document]) -> BatchOutput:
+        def checked() -> list[Written]:
+            written = pending()
+            if len(written) != len(documents):
+                raise RuntimeError(
+                    f"{programmer.name} returned {len(written)} programs for {len(documents)} documents"
+                )
+            return written
+
+        return checked
+
+    def _start(self, documents: list[Document], rejects: list[Reject]) -> Started:
         # Programmers read the text the programs will run on (the original of a refined record).
         originals = [dataclasses.replace(d, text=original_text(d)) for d in documents]
-        doc_written = self._write(self.doc_programmer, "doc", originals)
+        doc_written = self._submit(self.doc_programmer, "doc", originals)()
         doc_results: list[ExecutionResult | None] = [
             execute_doc(d.text, w.program, self.mode) if w.program is not None else None
             for d, w in zip(originals, doc_written)
         ]
         survivors = [i for i, r in enumerate(doc_results) if r is None or not r.dropped]
-        chunk_written: list[Written] = [Written(None)] * len(documents)
-        for i, written in zip(
-            survivors,
-            self._write(self.chunk_programmer, "chunk", [originals[i] for i in survivors]),
-        ):
-            chunk_written[i] = written
+        chunk_pending = self._submit(
+            self.chunk_programmer, "chunk", [originals[i] for i in survivors]
+        )
+        return Started(originals, rejects, doc_written, doc_results, survivors, chunk_pending)
 
+    def _finish(self, started: Started) -> BatchOutput:
+        originals = started.originals
+        chunk_written: list[Written] = [Written(None)] * len(originals)
+        for i, written in zip(started.survivors, started.chunk_pending()):
+            chunk_written[i] = written
         output = BatchOutput()
         for document, doc_w, doc_result, chunk_w in zip(
-            originals, doc_written, doc_results, chunk_written
+            originals, started.doc_written, started.doc_results, chunk_written
         ):
             chunk_result = (
                 execute_chunk(document.text, chunk_w.program, self.mode, self.thresholds)
@@ -127,6 +179,21 @@ class BatchProcessor:
         return output
 
 
+def _rejected(document: Document, error: Exception) -> BatchOutput:
+    output = BatchOutput()
+    output.rejects.append(
+        Reject(
+            document.source,
+            document.position,
+            f"refining failed: {type(error).__name__}: {error}",
+            json.dumps(document.record, ensure_ascii=False, default=str),
+            document.id,
+        )
+    )
+    output.stats.rejected += 1
+    return output
+
+
 @functools.lru_cache(maxsize=2)
 def _token_counter(tokenizer: str) -> Callable[[list[str]], int]:
     """Loaded once per worker process; batches carry only the tokenizer's name."""
@@ -147,3 +214,50 @@ def _drop_reason(
     if chunk_result is not None and chunk_result.dropped:
         return f"chunk:{chunk_result.outcome.value}"
     return None
+
+
+def uses_models(config: RefineConfig) -> bool:
+    """Whether a stage is written by a language model (rather than rules or stored programs)."""
+    specs = [getattr(config, f"{stage}_programmer") for stage in config.stages]
+    return any(
+        spec != "stored" and spec != "rules" and not spec.startswith("rules:") for spec in specs
+    )
+
+
+def build_processor(config: RefineConfig) -> BatchProcessor:
+    """The configured programmers (a model loaded here) in a processor."""
+    from proxkit.programmers import make_programmers
+
+    programmers = make_programmers(config)
+    return BatchProcessor(
+        doc_programmer=programmers.get("doc"),
+        chunk_programmer=programmers.get("chunk"),
+        mode=config.mode,
+        thresholds=config.thresholds,
+        fields=Fields(config.text_field, config.id_field),
+        tokenizer=config.tokenizer,
+    )
+
+
+def programmer_stats(processor: BatchProcessor) -> dict[str, Any]:
+    """Per stage what its programmer counted (prompts, cache hits, model work), and the model
+    backend's own counters under "model"."""
+    stats: dict[str, Any] = {}
+    for stage, programmer in (
+        ("doc", processor.doc_programmer),
+        ("chunk", processor.chunk_programmer),
+    ):
+        if hasattr(programmer, "stats"):
+            stats[stage] = programmer.stats(stage)  # type: ignore[union-attr]
+        if hasattr(programmer, "backend_stats"):
+            stats["model"] = programmer.backend_stats()  # type: ignore[union-attr]
+    return stats
+
+
+def close_programmers(processor: BatchProcessor) -> None:
+    for programmer in {
+        id(p): p for p in (processor.doc_programmer, processor.chunk_programmer)
+    }.values():
+        close = getattr(programmer, "close", None)
+        if close is not None:
+            close()

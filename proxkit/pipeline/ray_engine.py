@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from proxkit.config import RefineConfig
-from proxkit.io.readers import Document
-from proxkit.pipeline.batch import BatchOutput, BatchProcessor
+from proxkit.pipeline.batch import BatchOutput, BatchProcessor, Item, build_processor, uses_models
 
 
 def _refine_task(rows: dict[str, Any], processor: BatchProcessor) -> dict[str, list[bytes]]:
@@ -28,8 +27,6 @@ class _RefineActor:
     """Holds the programmers (a model, loaded once per actor) for many batches."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from proxkit.pipeline.local import build_processor
-
         self.processor = build_processor(RefineConfig.from_dict(config))
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, list[bytes]]:
@@ -37,7 +34,7 @@ class _RefineActor:
 
 
 class RayEngine:
-    def __init__(self, config: RefineConfig, processor: BatchProcessor, models: bool) -> None:
+    def __init__(self, config: RefineConfig) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -55,12 +52,13 @@ class RayEngine:
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         self.config = config
-        self.processor = processor
-        self.models = models
+        self.models = uses_models(config)
+        # Models are loaded by the cluster's actors, never by this driver.
+        self.processor = None if self.models else build_processor(config)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         self.window = max(4, 4 * cpus)  # batches in flight through one Ray Data execution
 
-    def map_batches(self, batches: Iterator[list[Document]]) -> Iterator[BatchOutput]:
+    def map_batches(self, batches: Iterator[list[Item]]) -> Iterator[BatchOutput]:
         import itertools
 
         while window := list(itertools.islice(batches, self.window)):
@@ -82,6 +80,9 @@ class RayEngine:
                 )
             for row in refined.iter_rows():
                 yield pickle.loads(row["output"])
+
+    def programmer_stats(self) -> dict[str, Any]:
+        return {}  # counted in the actors and tasks, which keep them
 
     def close(self) -> None:
         if self.started:

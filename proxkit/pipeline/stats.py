@@ -112,7 +112,8 @@ class RunStats:
         ]
         if self.programmer_failures:
             rows.append(("programmer failures (kept unrefined)", f"{self.programmer_failures:,}"))
-        for stage, numbers in sorted(self.programmers.items()):
+        for stage in ("doc", "chunk"):
+            numbers = self.programmers.get(stage, {})
             if numbers.get("prompts"):
                 rows.append(
                     (
@@ -120,6 +121,28 @@ class RunStats:
                         f"{numbers['prompts']:,} ({numbers['cache_hit_rate']:.1%})",
                     )
                 )
+            if numbers.get("output_tokens"):
+                outputs = sum(numbers["output_tokens"].values())
+                rows.append(
+                    (
+                        f"{stage} tokens generated (outputs at the token limit)",
+                        f"{numbers['generated_tokens']:,} ({numbers['outputs_at_token_limit']:,} of {outputs:,})",
+                    )
+                )
+            if numbers.get("regenerated_under_grammar"):
+                rows.append(
+                    (
+                        f"{stage} outputs redone under the grammar",
+                        f"{numbers['regenerated_under_grammar']:,}",
+                    )
+                )
+        model = self.programmers.get("model", {})
+        if model.get("oom_splits"):
+            rows.append(
+                ("batches split after running out of GPU memory", f"{model['oom_splits']:,}")
+            )
+        if model.get("continuous_stopped"):
+            rows.append(("continuous batching stopped", str(model["continuous_stopped"])))
         if self.tokens_before:
             rows.append(
                 ("tokens before -> after", f"{self.tokens_before:,} -> {self.tokens_after:,}")

@@ -22,7 +22,20 @@ import fsspec
 
 STATE_DIR = "_prox"
 # Options that change how a run goes, not what it writes: a resume may differ in them.
-NOT_OUTPUT_CHANGING = frozenset({"overwrite", "workers", "batch_size", "rank", "world_size"})
+NOT_OUTPUT_CHANGING = frozenset(
+    {
+        "overwrite",
+        "workers",
+        "batch_size",
+        "rank",
+        "world_size",
+        "replicas",
+        "threads",
+        "generation",
+        "max_batch_size",
+        "kv_cache_tokens",
+    }
+)
 
 
 class ResumeRefused(RuntimeError):

@@ -76,7 +76,11 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 device=config.device,
                 dtype=config.dtype,
                 batch_tokens=config.batch_tokens,
+                max_batch_size=config.max_batch_size,
+                threads=config.threads,
                 compile=config.compile_model,
+                generation=config.generation,
+                cache_tokens=config.kv_cache_tokens,
             ),
         )
     scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)

@@ -5,11 +5,15 @@ program text it wrote (`None`: no program, the stage is skipped for that documen
 optional details that go to `metadata.prox` (rules that fired, a model's keep score).
 For the chunk stage a model programmer chunks the document itself and joins its per-chunk
 programs with "\\n", as the reference does; the executor always sees one program per document.
+
+A programmer that works in the background (a model on a GPU) also offers `submit`, which
+starts a batch and returns at once with a `Pending` to call for the result; `submit()` below
+gives every programmer that shape, so runners can keep a model busy while they do CPU work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -33,3 +37,16 @@ class Programmer(Protocol):
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
         """One `Written` per document, in input order."""
         ...
+
+
+Pending = Callable[[], list[Written]]
+"""Programs still being written: calling it waits for them."""
+
+
+def submit(programmer: Programmer, stage: Stage, documents: Sequence[Document]) -> Pending:
+    """Start writing programs for a batch; a programmer without `submit` writes them now."""
+    start = getattr(programmer, "submit", None)
+    if start is not None:
+        return start(stage, documents)
+    written = programmer.write(stage, documents)
+    return lambda: written

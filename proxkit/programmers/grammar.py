@@ -2,30 +2,51 @@
 
 `ProgramGrammar` is a character-level automaton for one model call:
 - doc level: `keep_doc()` or `drop_doc()`;
-- chunk level: lines of `keep_doc()`, `remove_lines(line_start=S, line_end=E)` with
-  first_line <= S <= E <= last_line of the chunk, or `normalize(source_str="..",
+- chunk level: `keep_doc()` alone, or lines of `remove_lines(line_start=S, line_end=E)` with
+  first_line <= S <= E <= last_line of the chunk, and `normalize(source_str="..",
   target_str="..")` whose source occurs in the chunk (strings hold no quote, backslash or
   newline, so the strict and reference parsers read them alike);
 and the end of generation only after a complete line. An optional leading space is allowed,
-as chat models answer after one.
+as chat models answer after one, and trailing spaces, as the Llama-2 chat format ends an answer
+with " </s>".
+
+The grammar also ends a program where a trained refining model ends it, so that an undertrained
+or confused model cannot spend the whole token budget repeating itself: nothing follows
+`keep_doc()`, line ranges come in document order without overlapping (each starts after the
+previous one ended), and a normalize source is written at most once. Each of these removes only
+programs that do the same as a shorter one.
 
 `allowed_tokens` walks a trie of the vocabulary's token strings from the automaton's state,
 so only tokens that keep the text a valid program prefix survive; in free-text states
 (a normalize target) a precomputed set of plain-text tokens is used instead of the walk.
+`follows` checks a finished generation against the same automaton, token by token, exactly as
+constrained decoding would have steered it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="')
 DOC_ANSWERS = ("keep_doc()", "drop_doc()")
 FORBIDDEN_IN_STRINGS = frozenset('"\\\n')
 DIGITS = "0123456789"  # line numbers: ASCII digits only (str.isdigit also takes "²")
 
-# A state is a small tuple: (kind, text so far[, extra]). None is a dead state.
-State = tuple
+
+class State(NamedTuple):
+    """Where the automaton is: `kind` of token being written and its `text` so far, the range
+    start being closed (`number`), and what the lines before constrain: the first line a new
+    range may start at (`floor`, -1 once the program is `keep_doc()`), the normalize sources
+    already used, and whether any line was written (`keep_doc()` must stand alone)."""
+
+    kind: str
+    text: str = ""
+    number: int = 0
+    floor: int = 0
+    used: frozenset[str] = frozenset()
+    written: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,11 +57,11 @@ class ProgramGrammar:
     text: str = ""  # the chunk's own text, where normalize sources must occur
 
     def start(self) -> State:
-        return ("start", "")
+        return State("start", floor=self.first_line)
 
     def accepts(self, state: State) -> bool:
         """Whether generation may end here (a complete program)."""
-        return state[0] == "end"
+        return state.kind in ("end", "final", "trail")
 
     def feed(self, state: State | None, chars: str) -> State | None:
         for char in chars:
@@ -49,14 +70,14 @@ class ProgramGrammar:
             state = self._step(state, char)
         return state
 
-    def _literal(self, options: Sequence[str], done: str, state: State, char: str) -> State | None:
-        prefix = state[1] + char
-        for option in options:
-            if option == prefix:
-                return (done, option)
-            if option.startswith(prefix):
-                return (state[0], prefix)
-        return None
+    def _heads(self, state: State) -> tuple[str, ...]:
+        if self.stage == "doc":
+            return DOC_ANSWERS
+        heads = [] if state.written else ["keep_doc()"]
+        if state.floor <= self.last_line:
+            heads.append(HEADS[1])
+        heads.append(HEADS[2])
+        return tuple(heads)
 
     def _number_ok(self, digits: str, low: int) -> bool:
         """Can `digits` still grow into a number in [low, last_line]?"""
@@ -74,67 +95,66 @@ class ProgramGrammar:
         return False
 
     def _step(self, state: State, char: str) -> State | None:
-        kind = state[0]
+        kind = state.kind
         if kind == "start":
-            if char == " " and state[1] == "":
-                return ("start", " ")
-            return self._step(("head", ""), char)
+            if char == " " and state.text == "":
+                return state._replace(text=" ")
+            return self._step(state._replace(kind="head", text=""), char)
         if kind == "head":
-            heads = DOC_ANSWERS if self.stage == "doc" else HEADS
-            state = self._literal(heads, "after_head", state, char)
-            if state is not None and state[0] == "after_head" and state[1] in DOC_ANSWERS:
-                return ("end", "")  # keep_doc() / drop_doc(): a complete line
-            return state
-        if kind == "after_head":
-            if state[1].startswith("remove_lines"):
-                return self._step(("start_num", ""), char)
-            return self._step(("source", ""), char)
+            prefix = state.text + char
+            for head in self._heads(state):
+                if head == prefix:
+                    if head in DOC_ANSWERS:  # keep_doc() / drop_doc(): the whole program
+                        return state._replace(kind="final", text="")
+                    kind = "start_num" if head == HEADS[1] else "source"
+                    return state._replace(kind=kind, text="")
+                if head.startswith(prefix):
+                    return state._replace(text=prefix)
+            return None
         if kind == "start_num":
-            digits = state[1] + char
-            if char in DIGITS and self._number_ok(digits, self.first_line):
-                return ("start_num", digits)
-            if char == "," and state[1] and int(state[1]) >= self.first_line:
-                return ("mid", ",", int(state[1]))
+            digits = state.text + char
+            if char in DIGITS and self._number_ok(digits, state.floor):
+                return state._replace(text=digits)
+            if char == "," and state.text and int(state.text) >= state.floor:
+                return state._replace(kind="mid", text=",", number=int(state.text))
             return None
         if kind == "mid":
-            prefix = state[1] + char
-            if ", line_end=".startswith(prefix):
-                return (
-                    ("mid", prefix, state[2])
-                    if prefix != ", line_end="
-                    else ("end_num", "", state[2])
-                )
-            return None
+            prefix = state.text + char
+            if prefix == ", line_end=":
+                return state._replace(kind="end_num", text="")
+            return state._replace(text=prefix) if ", line_end=".startswith(prefix) else None
         if kind == "end_num":
-            digits = state[1] + char
-            if char in DIGITS and self._number_ok(digits, state[2]):
-                return ("end_num", digits, state[2])
-            if char == ")" and state[1] and int(state[1]) >= state[2]:
-                return ("end", "")
+            digits = state.text + char
+            if char in DIGITS and self._number_ok(digits, state.number):
+                return state._replace(text=digits)
+            if char == ")" and state.text and int(state.text) >= state.number:
+                return State("end", floor=int(state.text) + 1, used=state.used, written=True)
             return None
         if kind == "source":
             if char == '"':
-                return ("between", '"') if state[1] else None
+                if not state.text or state.text in state.used:
+                    return None
+                return state._replace(kind="between", text='"', used=state.used | {state.text})
             if char in FORBIDDEN_IN_STRINGS:
                 return None
-            source = state[1] + char
-            return ("source", source) if source in self.text else None
+            source = state.text + char
+            return state._replace(text=source) if source in self.text else None
         if kind == "between":
-            prefix = state[1] + char
-            if '", target_str="'.startswith(prefix):
-                return ("between", prefix) if prefix != '", target_str="' else ("target", "")
-            return None
+            prefix = state.text + char
+            if prefix == '", target_str="':
+                return state._replace(kind="target", text="")
+            return state._replace(text=prefix) if '", target_str="'.startswith(prefix) else None
         if kind == "target":
             if char == '"':
-                return ("close", '"')
-            return None if char in FORBIDDEN_IN_STRINGS else ("target", state[1] + char)
+                return state._replace(kind="close", text='"')
+            return None if char in FORBIDDEN_IN_STRINGS else state._replace(text=state.text + char)
         if kind == "close":
-            return ("end", "") if char == ")" else None
-        if kind == "end":
-            if self.stage == "chunk" and char == "\n":
-                return ("head", "")
-            return None
-        return None
+            return state._replace(kind="end", text="", written=True) if char == ")" else None
+        if kind in ("end", "final", "trail") and char == " ":
+            return state._replace(kind="trail", text="")  # spaces before the end of the answer
+        if kind == "end" and char == "\n":
+            return state._replace(kind="head", text="")
+        return None  # nothing but spaces may follow keep_doc() / drop_doc()
 
 
 def complete_lines(grammar: ProgramGrammar, output: str) -> str:
@@ -188,9 +208,26 @@ def token_text(token: str) -> str | None:
     return token.replace("▁", " ")
 
 
+def follows(
+    grammar: ProgramGrammar, tokens: Sequence[int], trie: TokenTrie, eos_id: int | None
+) -> bool:
+    """Whether constrained decoding allows every one of these generated tokens where it stands,
+    so that it would have written the same (greedy decoding only picks among allowed tokens):
+    each token continues the program, and EOS comes only after a complete line. A generation
+    cut by the token limit follows when all its tokens do."""
+    state: State | None = grammar.start()
+    for token in tokens:
+        if token == eos_id:
+            return grammar.accepts(state)  # type: ignore[arg-type]
+        state = grammar.feed(state, trie.text_of.get(token, "\x00"))
+        if state is None:
+            return False
+    return True
+
+
 def allowed_tokens(grammar: ProgramGrammar, state: State, trie: TokenTrie) -> list[int]:
     """Token ids that keep the output a valid program prefix from `state`."""
-    if state[0] == "target":
+    if state.kind == "target":
         # Any plain text continues a target; tokens holding a quote are checked one by one.
         allowed = list(trie.free)
         stack = (

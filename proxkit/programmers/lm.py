@@ -6,6 +6,11 @@ builds the exact prompts (`proxkit.prompts`), chunks documents (`proxkit.chunkin
 distinct prompt once (boilerplate chunks recur across a crawl), joins the per-chunk programs of
 a document with "\\n" as the reference does, and turns doc-level scores into programs.
 
+Chunk programs are generated in the background where the backend can (`submit`): a runner
+hands over the next batch's prompts while the model still works on the last ones. Every stage
+counts the model's work (prompts and their tokens, generated tokens, outputs that hit the token
+limit) for the summary and for throughput and MFU figures.
+
 Doc level in one forward pass: the answer is `keep_doc()` or `drop_doc()`, so instead of
 generating, the backend returns the log-probabilities of the two answers' first differing
 token after the prompt; `keep_score` = p(keep) / (p(keep) + p(drop)). With the default
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxkit.chunking import Chunker, chunk_content
 from proxkit.io.readers import Document
-from proxkit.programmers.base import STAGES, Stage, Written
+from proxkit.programmers.base import STAGES, Pending, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, answer_text, chunk_prompts, doc_prompts
 from proxkit.tokenizer import TokenizerInfo
@@ -31,13 +37,28 @@ KEEP, DROP = "keep_doc()", "drop_doc()"
 ANSWER_CONTEXT = 64
 
 
+@dataclass(frozen=True)
+class Completion:
+    """What a model wrote for one prompt."""
+
+    text: str
+    tokens: int = 0  # generated tokens, end of sequence excluded
+    hit_limit: bool = False  # stopped by the token limit, not by the model
+    regenerated: bool = False  # written again under the grammar (see hf.py)
+
+
+Completions = Callable[[], list["Completion | Exception"]]
+
+
 class Backend(Protocol):
-    """What a model backend provides."""
+    """What a model backend provides. It may also offer `submit(prompts, max_new_tokens,
+    grammars=None) -> Completions`, which returns before the completions are done, and
+    `stats()` with backend-wide counters."""
 
     name: str
     tokenizer: TokenizerInfo
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[Completion]:
         """Greedy completions, in input order; a failed request is raised as GenerationError
         or returned as an exception instance in its slot."""
         ...
@@ -64,6 +85,37 @@ class DocScoring:
     method: str = "forward"
     keep_threshold: float = 0.5
     keep_fraction: float | None = None
+
+
+@dataclass
+class ModelWork:
+    """The work one stage gave the model: prompts and their tokens (attention over a prompt
+    costs its length squared), and for generation the tokens written, the context each was
+    written in, their lengths, and how many outputs hit the token limit or were regenerated."""
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    prompt_tokens_squared: int = 0
+    generated_tokens: int = 0
+    generated_context: int = 0
+    at_token_limit: int = 0
+    regenerated: int = 0
+    output_tokens: Counter = field(default_factory=Counter)  # length -> outputs
+
+    def add_prompts(self, prompts: Sequence[Prompt]) -> None:
+        self.prompts += len(prompts)
+        for prompt in prompts:
+            length = len(prompt.token_ids)
+            self.prompt_tokens += length
+            self.prompt_tokens_squared += length * length
+
+    def add_completion(self, completion: Completion, prompt_tokens: int) -> None:
+        n = completion.tokens
+        self.generated_tokens += n
+        self.generated_context += n * prompt_tokens + n * (n - 1) // 2
+        self.at_token_limit += completion.hit_limit
+        self.regenerated += completion.regenerated
+        self.output_tokens[n] += 1
 
 
 @dataclass
@@ -150,42 +202,74 @@ class LMProgrammer:
         self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
         # One cache per stage: a model serving both stages reports each stage's hit rate.
         self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
+        self.work = {stage: ModelWork() for stage in STAGES}
         # Grammar-constrained generation where the backend can do it (see grammar.py).
         self.constrained = constrained and getattr(backend, "supports_grammars", False)
         self.answers: dict[str, tuple[list[int], int, int]] = {}
         self.separator = answer_separator(self.tokenizer)
 
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
+        return self.submit(stage, documents)()
+
+    def submit(self, stage: Stage, documents: Sequence[Document]) -> Pending:
+        """Start a batch; the model may still be writing when this returns."""
         if stage == "doc":
             return self._doc(documents)
         return self._chunk(documents)
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def _submit(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int,
+        grammars: Sequence[ProgramGrammar] | None,
+    ) -> Completions:
+        extra = (grammars,) if grammars is not None else ()
+        submit = getattr(self.backend, "submit", None)
+        if submit is not None:
+            return submit(prompts, max_new_tokens, *extra)
+        done = self.backend.generate(prompts, max_new_tokens, *extra)  # type: ignore[call-arg]
+        return lambda: done
 
     def _complete(
         self,
         stage: Stage,
         prompts: Sequence[Prompt],
         max_new_tokens: int,
-        grammars: Sequence[ProgramGrammar] | None = None,
-    ) -> list[str | Exception]:
-        """Completions through the cache; failures come back as exceptions in their slot."""
-        cache = self.caches[stage]
+        grammars: Sequence[ProgramGrammar],
+    ) -> Callable[[], list[str | Exception]]:
+        """Completions through the cache, sent now and collected when the result is called;
+        failures come back as exceptions in their slot."""
+        cache, work = self.caches[stage], self.work[stage]
         known, todo = cache.split(prompts)
-        if todo:
-            if self.constrained and grammars is not None:
-                chosen = [grammars[i] for i in todo]
-                outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens, chosen)  # type: ignore[call-arg]
-                outputs = [complete_lines(g, o) for g, o in zip(chosen, outputs)]
-            else:
-                outputs = self.backend.generate([prompts[i] for i in todo], max_new_tokens)
-            for index, output in zip(todo, outputs):
-                if not isinstance(output, Exception):
-                    output = output.strip(" ")
-                    cache.store(prompts[index], output)
-                known[index] = output  # type: ignore[call-overload]
-        by_text = {prompts[i].text: known[i] for i in todo}
-        return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]  # type: ignore[misc]
+        sent = [prompts[i] for i in todo]
+        chosen = [grammars[i] for i in todo] if self.constrained else None
+        pending = self._submit(sent, max_new_tokens, chosen) if todo else None
+        work.add_prompts(sent)
 
-    def _doc(self, documents: Sequence[Document]) -> list[Written]:
+        def result() -> list[str | Exception]:
+            completions = pending() if pending is not None else []
+            for position, (index, completion) in enumerate(zip(todo, completions)):
+                if isinstance(completion, Exception):
+                    known[index] = completion
+                    continue
+                work.add_completion(completion, len(prompts[index].token_ids))
+                text = completion.text
+                if chosen is not None:
+                    text = complete_lines(chosen[position], text)
+                text = text.strip(" ")
+                cache.store(prompts[index], text)
+                known[index] = text
+            by_text = {prompts[i].text: known[i] for i in todo}
+            return [k if k is not None else by_text[p.text] for k, p in zip(known, prompts)]
+
+        return result
+
+    def _doc(self, documents: Sequence[Document]) -> Pending:
         prompts = doc_prompts(
             [d.text for d in documents], self.tokenizer, self.max_doc_tokens, self.doc_truncation
         )
@@ -195,25 +279,28 @@ class LMProgrammer:
         ):
             grammars = [ProgramGrammar("doc")] * len(prompts)
             outputs = self._complete("doc", prompts, self.doc_max_new_tokens, grammars)
-            return [
+            return lambda: [
                 _written(o, {"truncated_prompt": t} if t else {})
-                for o, t in zip(outputs, truncated)
+                for o, t in zip(outputs(), truncated)
             ]
         scores = self._keep_scores(prompts)
         drop = self._drops(scores)
-        return [
+        written = [
             Written(
                 DROP if dropped else KEEP,
                 {"keep_score": round(score, 6), **({"truncated_prompt": True} if t else {})},
             )
             for score, dropped, t in zip(scores, drop, truncated)
         ]
+        return lambda: written
 
     def _keep_scores(self, prompts: Sequence[Prompt]) -> list[float]:
         """Keep scores through the cache: each distinct prompt is scored once."""
         known, todo = self.caches["doc"].split(prompts)
         if todo:
-            for index, score in zip(todo, self._score([prompts[i] for i in todo])):
+            sent = [prompts[i] for i in todo]
+            self.work["doc"].add_prompts(sent)
+            for index, score in zip(todo, self._score(sent)):
                 self.caches["doc"].store(prompts[index], score)
                 known[index] = score
         by_text = {prompts[i].text: known[i] for i in todo}
@@ -250,35 +337,56 @@ class LMProgrammer:
         kept = set(order[:keep_count])
         return [i not in kept for i in range(len(scores))]
 
-    def _chunk(self, documents: Sequence[Document]) -> list[Written]:
+    def _chunk(self, documents: Sequence[Document]) -> Pending:
         per_document = self.chunker([d.text for d in documents])
         flat = [chunk for chunks in per_document for chunk in chunks]
         grammars = [
             ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in flat
         ]
         prompts = chunk_prompts(flat, self.tokenizer)
-        outputs = iter(self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars))
-        written = []
-        for chunks in per_document:
-            results = [next(outputs) for _ in chunks]
-            failures = [str(r) for r in results if isinstance(r, Exception)]
-            if failures:
-                # Nothing is guessed: the document stays unrefined and says why.
-                written.append(
-                    Written(None, {"failed": failures[0], "failed_chunks": len(failures)})
-                )
-            else:
-                written.append(Written("\n".join(results), {"chunks": len(chunks)}))  # type: ignore[arg-type]
-        return written
+        pending = self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars)
+
+        def result() -> list[Written]:
+            outputs = iter(pending())
+            written = []
+            for chunks in per_document:
+                results = [next(outputs) for _ in chunks]
+                failures = [str(r) for r in results if isinstance(r, Exception)]
+                if failures:
+                    # Nothing is guessed: the document stays unrefined and says why.
+                    written.append(
+                        Written(None, {"failed": failures[0], "failed_chunks": len(failures)})
+                    )
+                else:
+                    written.append(Written("\n".join(results), {"chunks": len(chunks)}))  # type: ignore[arg-type]
+            return written
+
+        return result
 
     def stats(self, stage: Stage) -> dict[str, Any]:
-        cache = self.caches[stage]
+        cache, work = self.caches[stage], self.work[stage]
         total = cache.hits + cache.misses
-        return {
+        numbers: dict[str, Any] = {
             "prompts": total,
             "cache_hits": cache.hits,
             "cache_hit_rate": round(cache.hits / total, 4) if total else 0.0,
+            "model_prompts": work.prompts,
+            "prompt_tokens": work.prompt_tokens,
+            "prompt_tokens_squared": work.prompt_tokens_squared,
         }
+        if work.output_tokens:
+            numbers |= {
+                "generated_tokens": work.generated_tokens,
+                "generated_context": work.generated_context,
+                "outputs_at_token_limit": work.at_token_limit,
+                "regenerated_under_grammar": work.regenerated,
+                "output_tokens": dict(sorted(work.output_tokens.items())),
+            }
+        return numbers
+
+    def backend_stats(self) -> dict[str, Any]:
+        stats = getattr(self.backend, "stats", None)
+        return stats() if stats is not None else {}
 
 
 def _written(output: str | Exception, info: dict[str, Any]) -> Written:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxkit.programmers.lm import GenerationError
+from proxkit.programmers.lm import Completion, GenerationError
 from proxkit.prompts import SYSTEM_MESSAGE, Prompt
 from proxkit.tokenizer import TokenizerInfo, TokenizerNotFound, load_tokenizer
 
@@ -71,9 +71,13 @@ class OpenAIClient:
 
     def run(self, payloads: Sequence[dict]) -> list[str | Exception]:
         """The answer text of every request body, or a `GenerationError`, in input order."""
+        return [a if isinstance(a, Exception) else a.text for a in self.complete(payloads)]
+
+    def complete(self, payloads: Sequence[dict]) -> list[Completion | Exception]:
+        """Like `run`, with the generated token count and whether the token limit ended it."""
         return asyncio.run(self._run_all(payloads))
 
-    async def _run_all(self, payloads: Sequence[dict]) -> list[str | Exception]:
+    async def _run_all(self, payloads: Sequence[dict]) -> list[Completion | Exception]:
         import httpx
 
         limits = httpx.Limits(max_connections=self.settings.max_concurrency)
@@ -82,13 +86,13 @@ class OpenAIClient:
             limits=limits, timeout=self.settings.timeout, headers=self.headers
         ) as client:
 
-            async def one(payload: dict) -> str | Exception:
+            async def one(payload: dict) -> Completion | Exception:
                 async with semaphore:
                     return await self._request(client, payload)
 
             return list(await asyncio.gather(*(one(p) for p in payloads)))
 
-    async def _request(self, client, payload: dict) -> str | Exception:
+    async def _request(self, client, payload: dict) -> Completion | Exception:
         import httpx
 
         reason = "no attempt made"
@@ -110,7 +114,8 @@ class OpenAIClient:
             if response.status_code >= 400:
                 return GenerationError(f"HTTP {response.status_code}: {response.text[:200]}")
             try:
-                choice = response.json()["choices"][0]
+                body = response.json()
+                choice = body["choices"][0]
                 text = (
                     choice["message"]["content"] if self.settings.api == "chat" else choice["text"]
                 )
@@ -120,7 +125,13 @@ class OpenAIClient:
             if not isinstance(text, str):
                 reason = f"response text is not a string: {text!r}"[:200]
                 continue
-            return text
+            usage = body.get("usage") if isinstance(body, dict) else None
+            tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            return Completion(
+                text,
+                tokens if isinstance(tokens, int) else 0,
+                hit_limit=choice.get("finish_reason") == "length",
+            )
         return GenerationError(f"gave up after {self.settings.max_retries + 1} attempts: {reason}")
 
 
@@ -142,8 +153,10 @@ class OpenAIBackend:
         bos = self.tokenizer.bos_token
         return prompt.text[len(bos) :] if bos and prompt.text.startswith(bos) else prompt.text
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str | Exception]:  # type: ignore[override]
-        return self.client.run([self._payload(p, max_new_tokens) for p in prompts])
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int
+    ) -> list[Completion | Exception]:
+        return self.client.complete([self._payload(p, max_new_tokens) for p in prompts])
 
     def _payload(self, prompt: Prompt, max_new_tokens: int) -> dict:
         request = {"model": self.name, "max_tokens": max_new_tokens, "temperature": 0.0}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from proxkit.programmers.hf import ModelNotFound, missing_model_message
+from proxkit.programmers.lm import Completion
 from proxkit.prompts import Prompt
 from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
@@ -43,13 +44,18 @@ class VLLMBackend:
         requests = [{"prompt_token_ids": list(p.token_ids)} for p in prompts]
         return self.llm.generate(requests, params, use_tqdm=False)
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int) -> list[Completion]:
         from vllm import SamplingParams
 
         params = SamplingParams(
             temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True
         )
-        return [output.outputs[0].text for output in self._run(prompts, params)]
+        completions = []
+        for output in self._run(prompts, params):
+            best = output.outputs[0]
+            tokens = len(best.token_ids) - (best.finish_reason == "stop")  # EOS is not counted
+            completions.append(Completion(best.text, tokens, best.finish_reason == "length"))
+        return completions
 
     def next_token_logprobs(
         self, prompts: Sequence[Prompt], candidates: Sequence[int]

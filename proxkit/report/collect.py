@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import yaml
 
 from proxkit.io.readers import Document, Fields, read_file, record_format
-from proxkit.pipeline.local import RunPaths
+from proxkit.pipeline.run import RunPaths
 from proxkit.pipeline.units import RunState, WorkUnit
 from proxkit.report.diff import CATEGORIES, DocumentView, document_view
 from proxkit.seeded import Lowest, priority

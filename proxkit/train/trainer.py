@@ -2,7 +2,9 @@
 
 Full fine-tuning, or LoRA (`lora_rank` > 0) merged into the weights at the end, so the result
 is always a standard checkpoint folder that `--doc-programmer PATH` loads. The loss covers the
-answer tokens only. Sequences are the stored token ids, so the base model's tokenizer must be
+answer tokens only, and the LM head runs only there: a program is a few dozen tokens after a
+prompt of up to two thousand, so full-vocabulary logits at every position would be nearly all
+of the head's work (and memory) for nothing. Sequences are the stored token ids, so the base model's tokenizer must be
 the one the examples were made with (checked by fingerprint). Validation loss is measured
 before and after training and written to `training.json` with the run's settings.
 """
@@ -90,6 +92,19 @@ def collate(pad_id: int):
     return batch
 
 
+def answer_loss(model: Any, inputs: dict[str, Any]) -> Any:
+    """Mean next-token cross-entropy over the answer tokens, logits computed only there."""
+    import torch
+
+    hidden = model.get_decoder()(
+        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+    ).last_hidden_state[:, :-1]
+    targets = inputs["labels"][:, 1:]
+    scored = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[scored]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[scored])
+
+
 def _check_tokenizer(tokenizer: TokenizerInfo, manifest: dict[str, Any], base_model: str) -> None:
     expected = manifest.get("tokenizer_fingerprint")
     if expected and tokenizer.fingerprint() != expected:
@@ -166,7 +181,13 @@ def train(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         use_cpu=not on_gpu,
         disable_tqdm=not progress,
     )
-    trainer = Trainer(
+
+    class AnswerTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):  # type: ignore[override]
+            loss = answer_loss(model, inputs)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    trainer = AnswerTrainer(
         model=model,
         args=arguments,
         data_collator=collate(eos if eos is not None else 0),

@@ -1,0 +1,272 @@
+"""`prox refine`'s runner: read -> refine batches on an engine -> write, resumable.
+
+Documents are read in order and grouped into batches; an engine refines the batches and gives
+the outputs back in order (`make_engine`):
+- local (`local.py`): rules in worker processes on every core, or a model in this process
+  with reading and writing overlapped with the model's work;
+- replicas (`replicas.py`): one model process per device (`--gpus`), fed in turn;
+- Ray (`ray_engine.py`, `--engine ray`): the same batches on a Ray cluster.
+Records are written in input order, unit by unit (`units.py`), so every engine resumes alike
+and writes the same bytes; rejected records go to a rejects file with the reason; the summary
+is printed at the end and written as `stats.json` beside the output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from tqdm import tqdm
+
+from proxkit.config import ConfigError, RefineConfig
+from proxkit.io.readers import (
+    Document,
+    Fields,
+    Reject,
+    list_files,
+    read_file,
+    read_inputs,
+    record_format,
+)
+from proxkit.io.rejects import RejectLog
+from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
+from proxkit.pipeline.batch import BatchOutput, Item, uses_models
+from proxkit.pipeline.stats import RunStats
+from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, fingerprint, plan_units
+
+
+class OutputExists(RuntimeError):
+    """The output already holds results and --overwrite was not given."""
+
+
+class Engine(Protocol):
+    """Refines batches somewhere (this process, worker processes, a cluster), in order."""
+
+    def map_batches(self, batches: Iterator[list[Item]]) -> Iterator[BatchOutput]: ...
+
+    def programmer_stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(config: RefineConfig) -> Engine:
+    if config.replicas and (config.engine == "ray" or not uses_models(config)):
+        raise ConfigError(
+            "--gpus/--replicas place model replicas: they need a model programmer and the "
+            "local engine (with Ray, use --ray-actors and --ray-gpus-per-actor)"
+        )
+    if config.engine == "ray":
+        from proxkit.pipeline.ray_engine import RayEngine
+
+        return RayEngine(config)
+    if uses_models(config) and len(config.replicas) > 1:
+        from proxkit.pipeline.replicas import ReplicaEngine
+
+        return ReplicaEngine(config)
+    from proxkit.pipeline.local import LocalEngine
+
+    return LocalEngine(config)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes: records (a file or a folder), rejects, statistics, configuration."""
+
+    output: Path
+    rejects: Path
+    stats: Path
+    config: Path
+
+    @classmethod
+    def for_output(cls, output: str) -> RunPaths:
+        path = Path(output)
+        if record_format(output) is not None:  # a single output file
+            stem = path.name.split(".")[0]
+            return cls(
+                path,
+                path.with_name(f"{stem}.rejects.jsonl"),
+                path.with_name(f"{stem}.stats.json"),
+                path.with_name(f"{stem}.config.yaml"),
+            )
+        return cls(path, path / "rejects.jsonl", path / "stats.json", path / "config.yaml")
+
+    def existing(self) -> list[Path]:
+        found = [p for p in (self.rejects, self.stats, self.config) if p.exists()]
+        if self.output.is_file():
+            found.append(self.output)
+        elif self.output.is_dir():
+            found += [p for p in self.output.iterdir() if p.name.startswith("part-")]
+        return found
+
+
+def prepare_output(paths: RunPaths, overwrite: bool) -> None:
+    existing = paths.existing()
+    if existing and not overwrite:
+        raise OutputExists(
+            f"{paths.output} already holds results ({existing[0].name}, ...); "
+            "pass --overwrite to replace them"
+        )
+    for path in existing:
+        path.unlink()
+    if paths.output.is_dir():
+        for partial in paths.output.glob(f"*{PARTIAL_SUFFIX}"):
+            partial.unlink()
+
+
+def batches_of(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    """The reader's items in batches of `size` documents (its rejects ride along)."""
+    batch: list[Item] = []
+    documents = 0
+    for item in items:
+        batch.append(item)
+        if isinstance(item, Document):
+            documents += 1
+            if documents >= size:
+                yield batch
+                batch, documents = [], 0
+    if batch:
+        yield batch
+
+
+def _limited(items: Iterator[Item], limit: int | None) -> Iterator[Item]:
+    if limit is None:
+        return items
+    documents = 0
+
+    def within() -> Iterator[Document | Reject]:
+        nonlocal documents
+        for item in items:
+            if isinstance(item, Document):
+                if documents >= limit:
+                    return
+                documents += 1
+            yield item
+
+    return within()
+
+
+def run(config: RefineConfig, progress: bool = True) -> RunStats:
+    """Refine `config.inputs` into `config.output`; returns the run's statistics.
+
+    A folder output is written unit by unit (one unit per input file or part of a large one)
+    and resumes where a killed run stopped; a single output file is written in one go.
+    """
+    paths = RunPaths.for_output(config.output)
+    files = list_files(config.inputs)
+    fields = Fields(config.text_field, config.id_field)
+    engine = make_engine(config)
+    bar = tqdm(unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        if record_format(config.output) is not None:
+            prepare_output(paths, config.overwrite)
+            stats = RunStats()
+            rejects = RejectLog(paths.rejects)
+            try:
+                with RecordWriter(paths.output) as writer:
+                    items = _limited(read_inputs(files, fields), config.limit)
+                    _refine_into(writer, items, engine, config.batch_size, rejects, stats, bar)
+            finally:
+                rejects.close()
+        else:
+            stats = _run_units(config, files, fields, engine, paths, bar)
+        stats.programmers.update(engine.programmer_stats())
+    finally:
+        bar.close()
+        engine.close()
+    paths.stats.parent.mkdir(parents=True, exist_ok=True)
+    paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
+    paths.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return stats
+
+
+def _refine_into(
+    writer: RecordWriter,
+    items: Iterator[Item],
+    engine: Engine,
+    batch_size: int,
+    rejects: RejectLog,
+    stats: RunStats,
+    bar: tqdm,
+) -> None:
+    for output in engine.map_batches(batches_of(items, batch_size)):
+        for record in output.records:
+            writer.write(record)
+        for reject in output.rejects:
+            rejects.add(reject)
+        stats.merge(output.stats)
+        bar.update(len(output.records) + len(output.rejects))
+        if stats.documents:
+            bar.set_postfix(kept=f"{stats.kept / stats.documents:.1%}", refresh=False)
+
+
+def _run_units(
+    config: RefineConfig,
+    files: list[str],
+    fields: Fields,
+    engine: Engine,
+    paths: RunPaths,
+    bar: tqdm,
+) -> RunStats:
+    output = paths.output
+    state = RunState(output)
+    if config.overwrite:
+        _clear_folder(output)
+    elif output.is_dir() and any(output.iterdir()) and not state.exists():
+        raise OutputExists(
+            f"{output} already holds files that no prox run wrote; pass --overwrite to replace them"
+        )
+    units = plan_units(files, config.unit_bytes)
+    state.start(config.to_dict(), units)
+    mine = [u for u in units if u.index % config.world_size == config.rank]
+    done = {u.index: state.done(u) for u in units}
+    documents = sum(r["stats"]["documents"] for r in done.values() if r)
+    for unit in mine:
+        if done[unit.index] is not None:
+            bar.update(done[unit.index]["stats"]["documents"])
+            continue
+        remaining = None if config.limit is None else config.limit - documents
+        if remaining is not None and remaining <= 0:
+            break
+        state.clear_partial(unit)
+        unit_stats = RunStats()
+        rejects = RejectLog(output / f"rejects-{unit.name}.jsonl")
+        try:
+            with RecordWriter(
+                output, config.output_format, config.shard_bytes, prefix=f"part-{unit.name}"
+            ) as writer:
+                items = _limited(
+                    read_file(unit.path, fields, unit.start, unit.stop, unit.first_position),
+                    remaining,
+                )
+                _refine_into(writer, items, engine, config.batch_size, rejects, unit_stats, bar)
+        finally:
+            rejects.close()
+        if fingerprint(unit.path) != (unit.size, unit.modified):
+            raise ResumeRefused(
+                f"input {unit.path} changed while it was being read; its output is not marked complete"
+            )
+        # Only now is the unit's output complete: its shards are in place under final names.
+        state.complete(unit, writer.paths, unit_stats.to_dict())
+        documents += unit_stats.documents
+    stats = RunStats()
+    for unit in units:  # every unit done so far, by any rank
+        record = state.done(unit)
+        if record is not None:
+            stats.merge(RunStats.from_dict(record["stats"]))
+    return stats
+
+
+def _clear_folder(output: Path) -> None:
+    """--overwrite: remove what a prox run writes into an output folder, nothing else."""
+    if not output.is_dir():
+        return
+    for path in output.iterdir():
+        if path.name.startswith(("part-", "rejects")) or path.name in ("stats.json", "config.yaml"):
+            path.unlink()
+    shutil.rmtree(output / STATE_DIR, ignore_errors=True)

@@ -1,0 +1,28 @@
+"""Child processes that never outlive the process that started them.
+
+Every worker proxkit starts (CPU workers for rules, model replicas) first calls
+`die_with_parent`: a watcher thread checks the parent's pid a few times a second and ends the
+worker as soon as it changes, whatever ended the parent (`kill -9` included). A worker left
+behind would otherwise keep its memory, and a model replica its GPU memory, for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+CHECK_SECONDS = 0.25
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when `parent_pid` is no longer its parent."""
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(CHECK_SECONDS):
+            if os.getppid() != parent_pid:
+                os._exit(1)  # no clean-up: the parent that would read our results is gone
+
+    threading.Thread(target=watch, name="prox-parent-watch", daemon=True).start()
