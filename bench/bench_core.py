@@ -2,7 +2,9 @@
 
 Chunker, against (a) the reference's way (the transformers tokenizer called once per line) and
 (b) the raw speed of the Rust tokenizer's batch encode over the same numbered lines (the
-limit). Executor, strict and reference modes, on one core.
+limit). Executor, strict and reference modes, on one core. Record cleaning (what no writer can
+carry is replaced on reading, `proxkit.io.encodable`), against refining the same records with
+the rule programmer, both stages, on one core: the share the check adds to a rules run.
 
     python bench/bench_core.py [--copies 4] [--tokenizer ../shared/tokenizers/llama2] [--json out.json]
 """
@@ -96,7 +98,28 @@ def main() -> None:
 
         return run
 
+    from proxkit.io.encodable import clean_record
+    from proxkit.io.readers import Document
+    from proxkit.pipeline.batch import BatchProcessor
+    from proxkit.programmers.rules import RulesProgrammer
+
+    records = [
+        {"id": str(i), "text": t, "url": f"https://example.org/{i}"} for i, t in enumerate(texts)
+    ]
+    documents = [Document(r["id"], r["text"], r, "bench", i) for i, r in enumerate(records)]
+    rules = BatchProcessor(RulesProgrammer(), RulesProgrammer())
+
+    def cleaning() -> None:
+        for record in records:
+            clean_record(record)
+
+    def rules_refine() -> None:
+        for start in range(0, len(documents), args.batch):
+            rules(documents[start : start + args.batch])
+
     timings = {
+        "record cleaning (1 core)": best_of(args.repeats, cleaning),
+        "rules, both stages (1 core)": best_of(1, rules_refine),
         "chunker (proxkit, batched)": best_of(args.repeats, proxkit_chunker),
         "chunker (a: reference, 1 call per line)": best_of(1, naive_chunker),
         "tokenizer batch encode (b: the limit)": best_of(args.repeats, raw_batch_encode),
@@ -118,6 +141,9 @@ def main() -> None:
         ),
         "chunker fraction of (b) raw encode": round(
             timings["tokenizer batch encode (b: the limit)"] / ours, 3
+        ),
+        "record cleaning / rules run": round(
+            timings["record cleaning (1 core)"] / timings["rules, both stages (1 core)"], 4
         ),
     }
     width = max(map(len, rows))

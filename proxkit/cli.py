@@ -17,8 +17,10 @@ from rich.table import Table
 from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
 from proxkit.io.rejects import RejectLog
+from proxkit.pipeline.interrupts import Interrupted, interruptible
+from proxkit.pipeline.lock import OutputLocked
 from proxkit.pipeline.replicas import ReplicaFailed
-from proxkit.pipeline.run import OutputExists, RunPaths, run
+from proxkit.pipeline.run import OutputExists, RunPaths, resume_hint, run
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import ResumeRefused
 from proxkit.program import Thresholds
@@ -150,7 +152,15 @@ def _print_summary(stats: RunStats, paths: RunPaths, title: str) -> None:
 
 def _run(config: RefineConfig, quiet: bool, title: str) -> None:
     try:
-        stats = run(config, progress=not quiet)
+        with interruptible():
+            stats = run(config, progress=not quiet)
+    except Interrupted as exc:
+        stderr.print(
+            f"[bold red]interrupted[/] ({exc.signal}): {resume_hint(config)}", highlight=False
+        )
+        raise typer.Exit(exc.exit_code) from None
+    except OutputLocked as exc:
+        _fail(str(exc), code=1)
     except (
         OutputExists,
         ResumeRefused,

@@ -87,7 +87,9 @@ def test_binary_garbage_is_rejected_line_by_line(tmp_path):
     (tmp_path / "g.jsonl").write_bytes(b"\x00\xff\xfe garbage\n\x89PNG\r\n")
     documents, rejects = collect(str(tmp_path / "g.jsonl"))
     assert documents == [] and [r.position for r in rejects] == [1, 2]
-    assert all(r.reason.startswith("invalid JSON") and r.raw for r in rejects)
+    assert all(r.reason.startswith("not valid UTF-8 (byte 0x") for r in rejects)
+    # the bytes stay, as \xNN escapes in valid UTF-8 text
+    assert [r.raw for r in rejects] == ["\x00\\xff\\xfe garbage", "\\x89PNG\r"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -127,5 +129,21 @@ def test_a_failed_write_leaves_no_complete_looking_file(tmp_path):
     with pytest.raises(RuntimeError), RecordWriter(tmp_path / "out.jsonl.gz") as writer:
         writer.write({"id": "1", "text": "x"})
         raise RuntimeError("killed")
-    assert not (tmp_path / "out.jsonl.gz").exists()
-    assert (tmp_path / "out.jsonl.gz.partial").exists()
+    assert list(tmp_path.iterdir()) == []  # nor a complete-looking file, nor a partial one
+
+
+def test_zstd_files_of_several_frames_read_whole_and_a_truncated_one_says_so(tmp_path):
+    from proxkit.io.readers import read_file
+
+    lines = [json.dumps({"id": str(i), "text": f"document {i}"}) for i in range(3000)]
+    data = "\n".join(lines).encode() + b"\n"
+    half = data.index(b"\n", len(data) // 2) + 1
+    frames = zstandard.ZstdCompressor().compress(data[:half])
+    frames += zstandard.ZstdCompressor().compress(data[half:])
+    (tmp_path / "whole.jsonl.zst").write_bytes(frames)
+    (tmp_path / "cut.jsonl.zst").write_bytes(frames[:-20])
+    whole = list(read_file(str(tmp_path / "whole.jsonl.zst")))
+    assert [d.id for d in whole] == [str(i) for i in range(3000)]
+    cut = list(read_file(str(tmp_path / "cut.jsonl.zst")))
+    assert isinstance(cut[-1], Reject) and "truncated" in cut[-1].reason
+    assert 0 < len(cut) - 1 < 3000

@@ -59,6 +59,25 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    """1,600 documents in 5 files: enough time to stop a run between its units."""
+    folder = tmp_path_factory.mktemp("small_corpus")
+    records = example_records()
+    for part in range(5):
+        with gzip.open(folder / f"part{part}.jsonl.gz", "wt") as out:
+            for record in records:
+                out.write(json.dumps({**record, "id": f"{record['id']}#{part}"}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_uninterrupted(small_corpus, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("small_whole") / "out"
+    subprocess.run(command(small_corpus, output), check=True, timeout=600)
+    return output
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("whole") / "out"
     subprocess.run(command(corpus, output), check=True, timeout=600)
@@ -278,3 +297,116 @@ def test_large_files_split_into_units_give_the_same_records(corpus, tmp_path):
     ]
     assert [(r["position"], r["raw"]) for r in rejects] == [(401, "{broken json")]
     assert prox_verify(split).returncode == 0
+
+
+def _wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _holds_lock(output: Path) -> bool:
+    lock = output / "_prox" / "lock"
+    return lock.is_file() and bool(lock.read_text().strip())
+
+
+def test_one_writer_per_output_and_a_killed_holder_is_taken_over(
+    small_corpus, small_uninterrupted, tmp_path
+):
+    corpus, uninterrupted = small_corpus, small_uninterrupted
+    output = tmp_path / "out"
+    first = subprocess.Popen(command(corpus, output), stderr=subprocess.DEVNULL)
+    _wait_for(lambda: _holds_lock(output))
+    second = subprocess.run(command(corpus, output), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"{output} is being written by pid {first.pid}" in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = subprocess.run(command(corpus, output), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock left by pid {first.pid}" in third.stderr
+    assert outputs(output) == outputs(uninterrupted)
+    assert (output / "_prox" / "lock").read_text() == ""  # released
+
+
+def test_ranks_run_side_by_side_but_not_beside_a_whole_run(
+    small_corpus, small_uninterrupted, tmp_path
+):
+    corpus, uninterrupted = small_corpus, small_uninterrupted
+    output = tmp_path / "out"
+    ranks = [
+        subprocess.Popen(
+            command(corpus, output, "--rank", rank, "--world-size", "2"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in ("0", "1")
+    ]
+    _wait_for(lambda: any((output / "_prox").glob("lock-rank-*")))
+    whole = subprocess.run(command(corpus, output), capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 1 and "is being written by pid" in whole.stderr
+    for process in ranks:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr
+    assert outputs(output) == outputs(uninterrupted)
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_the_run_resumes(
+    small_corpus, small_uninterrupted, tmp_path, sent, code
+):
+    corpus, uninterrupted = small_corpus, small_uninterrupted
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        command(corpus, output, "--workers", "2"), stderr=subprocess.PIPE, text=True
+    )
+    done = output / "_prox" / "done"
+    _wait_for(lambda: done.is_dir() and any(done.glob("*.json")))
+    process.send_signal(sent)
+    started = time.time()
+    _, stderr = process.communicate(timeout=30)
+    assert time.time() - started < 5
+    assert process.returncode == code
+    assert f"interrupted ({sent.name})" in stderr and "run the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    assert not list(output.glob("*.partial"))
+    finished = {json.loads(p.read_text())["unit"]["index"] for p in done.glob("*.json")}
+    assert 1 <= len(finished) < 5
+    assert f"{len(finished)} of 5 units are complete" in stderr
+    # Only complete units have shards under their final names.
+    assert {int(p.name.split("-")[1]) for p in output.glob("part-*")} == finished
+    assert not _holds_lock(output)
+    subprocess.run(command(corpus, output), check=True, timeout=600)
+    assert outputs(output) == outputs(uninterrupted)
+
+
+def test_workers_do_not_outlive_a_killed_run(small_corpus, tmp_path):
+    process = subprocess.Popen(
+        command(small_corpus, tmp_path / "out", "--workers", "2"), stderr=subprocess.DEVNULL
+    )
+
+    def descendants() -> list[int]:
+        found, stack = [], [process.pid]
+        while stack:
+            pid = stack.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found += [int(c) for c in children]
+            stack += [int(c) for c in children]
+        return found
+
+    _wait_for(lambda: len(descendants()) >= 2)
+    workers = descendants()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+        except OSError:
+            return False
+
+    _wait_for(lambda: not any(alive(pid) for pid in workers), seconds=5)

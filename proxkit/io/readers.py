@@ -2,8 +2,10 @@
 
 Reading never raises on bad data: every input record becomes either a `Document` or a
 `Reject` that names the file, the line (JSONL) or row (Parquet) and the reason, and keeps the
-raw text so nothing is lost. A file that cannot be opened, or breaks part-way (a corrupt gzip),
-yields one file-level `Reject` after the records that could be read.
+raw text so nothing is lost (a line that is not UTF-8 keeps its bytes as `\\xNN` escapes). A
+file that cannot be opened, or breaks part-way (a corrupt gzip), yields one file-level `Reject`
+after the records that could be read. Values no writer can carry (lone surrogates, NaN) are
+replaced where a record is read, and kept aside (`encodable.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import IO, Any
 
 import fsspec
 import zstandard
+
+from proxkit.io.columns import KINDS_KEY, decode_row
+from proxkit.io.encodable import clean_record
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
@@ -44,6 +49,7 @@ class Document:
     record: dict[str, Any]  # the whole input record; its other fields pass through
     source: str
     position: int  # 1-based line (JSONL) or row (Parquet) in `source`
+    unencodable: tuple[dict[str, str], ...] = ()  # values replaced on reading (encodable.py)
 
 
 @dataclass(frozen=True)
@@ -55,15 +61,19 @@ class Reject:
     reason: str
     raw: str | None = None
     id: str | None = None
+    unencodable: tuple[dict[str, str], ...] = ()
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "source": self.source,
             "position": self.position,
             "id": self.id,
             "reason": self.reason,
             "raw": self.raw,
         }
+        if self.unencodable:
+            record["unencodable"] = list(self.unencodable)
+        return record
 
 
 def content_id(text: str) -> str:
@@ -108,16 +118,21 @@ def list_files(inputs: str | Sequence[str]) -> list[str]:
 def document_from_record(
     data: object, fields: Fields, source: str, position: int, raw: str | None
 ) -> Document | Reject:
-    """Validate one decoded record: an object with a string text field (and maybe an id)."""
+    """Validate one decoded record: an object with a string text field (and maybe an id).
+    An id that is not a string is kept in the record and read as its text (42 -> "42")."""
     if not isinstance(data, dict):
+        cleaned, unencodable = clean_record({"value": data})
         return Reject(
             source,
             position,
             f"record is not a JSON object (got {type(data).__name__})",
-            raw or _dump(data),
+            raw or _dump(cleaned["value"]),
+            unencodable=tuple(unencodable),
         )
+    data, found = clean_record(data)
+    unencodable = tuple(found)
     raw_id = data.get(fields.id)
-    record_id = None if raw_id is None else str(raw_id)
+    record_id = None if raw_id is None else raw_id if isinstance(raw_id, str) else _dump(raw_id)
     text = data.get(fields.text)
     if text is None:
         reason = (
@@ -125,7 +140,7 @@ def document_from_record(
             if fields.text not in data
             else f"{fields.text!r} is null"
         )
-        return Reject(source, position, reason, raw or _dump(data), record_id)
+        return Reject(source, position, reason, raw or _dump(data), record_id, unencodable)
     if not isinstance(text, str):
         return Reject(
             source,
@@ -133,12 +148,58 @@ def document_from_record(
             f"{fields.text!r} is not a string (got {type(text).__name__})",
             raw or _dump(data),
             record_id,
+            unencodable,
         )
-    return Document(record_id or content_id(text), text, data, source, position)
+    document_id = record_id if record_id is not None else content_id(text)
+    return Document(document_id, text, data, source, position, unencodable)
 
 
 def _dump(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, default=str)
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+
+
+class ZstdFrames(io.RawIOBase):
+    """The content of a zstd file, frame after frame, that raises on a truncated last frame
+    (zstandard's stream reader just stops there, and the records after the cut would vanish
+    without a word)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.started = False  # compressed bytes of the current frame were read
+        self.pending = b""
+        self.offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        while True:
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if self.started:
+                    raise EOFError("zstd data ends inside a frame (the file is truncated)")
+                return False
+            out = self.frame.decompress(chunk)
+            self.started = True
+            while self.frame.eof:  # a frame ended; the next one may follow at once
+                rest = self.frame.unused_data
+                self.frame = zstandard.ZstdDecompressor().decompressobj()
+                self.started = bool(rest)
+                if not rest:
+                    break
+                out += self.frame.decompress(rest)
+            if out:
+                self.pending, self.offset = out, 0
+                return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self.offset >= len(self.pending) and not self._fill():
+            return 0
+        count = min(len(buffer), len(self.pending) - self.offset)
+        buffer[:count] = self.pending[self.offset : self.offset + count]
+        self.offset += count
+        return count
 
 
 @contextmanager
@@ -149,7 +210,7 @@ def open_decompressed(path: str) -> Iterator[IO[bytes]]:
         if name.endswith(".gz"):
             stream: IO[bytes] = gzip.GzipFile(fileobj=raw)
         elif name.endswith((".zst", ".zstd")):
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+            stream = io.BufferedReader(ZstdFrames(raw), buffer_size=1 << 20)
         elif name.endswith(".bz2"):
             stream = bz2.BZ2File(raw)
         elif name.endswith(".xz"):
@@ -184,11 +245,24 @@ def read_jsonl(
             for position, line in enumerate(lines, start=first_line):
                 if not line.strip():
                     continue
+                if position == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]  # a byte order mark opens the file, not the record
                 try:
-                    data = json.loads(line)
-                except ValueError as exc:
-                    raw = line.decode("utf-8", "replace").rstrip("\n")
-                    yield Reject(path, position, f"invalid JSON: {exc}", raw)
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raw = line.decode("utf-8", "backslashreplace").rstrip("\n")
+                    reason = f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at {exc.start})"
+                    yield Reject(path, position, reason, raw)
+                    continue
+                try:
+                    data = json.loads(text)
+                except (ValueError, RecursionError) as exc:
+                    reason = (
+                        "JSON nested too deeply"
+                        if isinstance(exc, RecursionError)
+                        else f"invalid JSON: {exc}"
+                    )
+                    yield Reject(path, position, reason, text.rstrip("\r\n"))
                     continue
                 yield document_from_record(data, fields, path, position, None)
     except Exception as exc:  # unreadable or corrupt file: report it and go on with the next
@@ -220,10 +294,14 @@ def read_parquet(
                 )
                 return
             chosen = list(groups) if groups is not None else None
+            # proxkit's own output: columns typed for the whole run, rebuilt into records
+            metadata = parquet.schema_arrow.metadata or {}
+            kinds = json.loads(metadata[KINDS_KEY]) if KINDS_KEY in metadata else None
             for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=chosen):
                 for row in batch.to_pylist():
                     position += 1
-                    yield document_from_record(row, fields, path, position, None)
+                    record = decode_row(row, kinds) if kinds is not None else row
+                    yield document_from_record(record, fields, path, position, None)
     except Exception as exc:
         where = f"after row {position}" if position >= first_row else f"before row {first_row}"
         yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")

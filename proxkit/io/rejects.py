@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from proxkit.io.encodable import json_line
 from proxkit.io.readers import Reject
 
 REJECTS_SHOWN = 20
@@ -30,7 +30,7 @@ class RejectLog:
         if self.handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = self.path.open("w", encoding="utf-8")
-        self.handle.write(json.dumps(reject.to_record(), ensure_ascii=False) + "\n")
+        self.handle.write(json_line(reject.to_record()).decode("utf-8"))
 
     def close(self) -> None:
         if self.handle is not None:

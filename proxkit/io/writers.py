@@ -1,7 +1,9 @@
 """Write records as JSONL (plain, .gz, .zst) or Parquet: one file, or a folder of size-capped shards.
 
 Every file is written under a temporary name and renamed into place when it is complete, so a
-reader (or a resumed run) never sees a half-written shard under its final name.
+reader (or a resumed run) never sees a half-written shard under its final name; a write that
+fails or is interrupted removes its temporary file (one left by `kill -9` is removed when the
+run resumes).
 """
 
 from __future__ import annotations
@@ -12,16 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from proxkit.io.columns import KINDS_KEY, OVERFLOW, FieldKinds, arrow_type, encode_rows
+from proxkit.io.encodable import json_line
 from proxkit.io.readers import record_format
 
 OUTPUT_FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
 PARTIAL_SUFFIX = ".partial"
-
-
-def _dumps(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode(
-        "utf-8", "surrogatepass"
-    )
 
 
 def _compressor(raw: BinaryIO, name: str) -> BinaryIO:
@@ -46,7 +44,7 @@ class _JsonlFile:
         self.bytes_written = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        data = _dumps(record)
+        data = json_line(record)
         self.handle.write(data)
         self.bytes_written += len(data)
 
@@ -59,31 +57,36 @@ class _JsonlFile:
         os.replace(self.partial, self.path)
 
     def abort(self) -> None:
-        """Close without renaming: the partial file stays behind, never taken for complete."""
+        """Close without renaming and remove the partial file: nothing looks complete."""
         self.raw.close()
+        self.partial.unlink(missing_ok=True)
 
 
 class _ParquetFile:
-    """Buffers rows and writes row groups; a record whose fields differ starts a new row group
-    cast to the file's schema, or fails loudly rather than dropping fields."""
+    """Buffers rows and writes row groups of at most ROWS_PER_GROUP rows or GROUP_BYTES of
+    text, each field in its run-wide column type (`columns.py`)."""
 
     ROWS_PER_GROUP = 2048
+    GROUP_BYTES = 64 * 1024 * 1024  # a few 50 MB documents must not make one huge row group
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, kinds: FieldKinds) -> None:
         self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
         self.path = path
+        self.kinds = kinds
+        self.schema_kinds: dict[str, str] | None = None  # fixed at the first row group
         self.rows: list[dict[str, Any]] = []
+        self.buffered = 0
         self.writer = None
         self.bytes_written = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        row = dict(record)
-        # Nested metadata varies between records; one JSON column keeps every field.
-        if "metadata" in row and not isinstance(row["metadata"], str):
-            row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, default=str)
-        self.rows.append(row)
-        self.bytes_written += sum(len(str(v)) for v in row.values())
-        if len(self.rows) >= self.ROWS_PER_GROUP:
+        for name, value in record.items():
+            self.kinds.decide(name, value)
+        self.rows.append(record)
+        size = sum(len(v) if isinstance(v, str) else 8 for v in record.values())
+        self.buffered += size
+        self.bytes_written += size
+        if len(self.rows) >= self.ROWS_PER_GROUP or self.buffered >= self.GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -92,23 +95,21 @@ class _ParquetFile:
 
         if not self.rows:
             return
-        if self.writer is None:
-            table = pa.Table.from_pylist(self.rows)
-            self.writer = pq.ParquetWriter(str(self.partial), table.schema, compression="zstd")
-        else:
-            names = set(self.writer.schema.names)
-            extra = {key for row in self.rows for key in row} - names
-            if extra:
-                raise ValueError(
-                    f"records gained fields {sorted(extra)} not in the Parquet schema of {self.path}"
-                )
-            table = pa.Table.from_pylist(self.rows, schema=self.writer.schema)
-        self.writer.write_table(table)
-        self.rows = []
+        if self.schema_kinds is None:
+            self.schema_kinds = dict(self.kinds.kinds)
+            fields = [pa.field(n, arrow_type(k)) for n, k in self.schema_kinds.items()]
+            schema = pa.schema([*fields, pa.field(OVERFLOW, pa.string())]).with_metadata(
+                {KINDS_KEY: json.dumps(self.schema_kinds).encode()}
+            )
+            self.writer = pq.ParquetWriter(str(self.partial), schema, compression="zstd")
+        columns = encode_rows(self.rows, self.schema_kinds)
+        self.writer.write_table(pa.Table.from_pydict(columns, schema=self.writer.schema))  # type: ignore[union-attr]
+        self.rows, self.buffered = [], 0
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         import pyarrow as pa
@@ -156,16 +157,19 @@ def format_of_file(path: str) -> str:
     return "jsonl"
 
 
-def open_file(path: Path) -> _JsonlFile | _ParquetFile:
+def open_file(path: Path, kinds: FieldKinds | None = None) -> _JsonlFile | _ParquetFile:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _ParquetFile(path) if format_of_file(str(path)) == "parquet" else _JsonlFile(path)
+    if format_of_file(str(path)) == "parquet":
+        return _ParquetFile(path, kinds if kinds is not None else FieldKinds())
+    return _JsonlFile(path)
 
 
 class RecordWriter:
     """Writes records to one file (a target named like `out.jsonl.gz`) or to shards
     `{prefix}-00000.{format}`, `{prefix}-00001...` in a folder, each up to `max_bytes` of
     uncompressed records (0: no limit). As a context manager, files are completed only when
-    the block ends without an exception."""
+    the block ends without an exception. Parquet files share `kinds`, the run's column types
+    (a fresh set per writer when not given)."""
 
     def __init__(
         self,
@@ -173,6 +177,7 @@ class RecordWriter:
         output_format: str = "jsonl.gz",
         max_bytes: int = 0,
         prefix: str = "part",
+        kinds: FieldKinds | None = None,
     ) -> None:
         self.target = target
         self.single_file = record_format(str(target)) is not None
@@ -181,6 +186,7 @@ class RecordWriter:
         self.prefix = prefix
         self.current: _JsonlFile | _ParquetFile | None = None
         self.paths: list[Path] = []
+        self.kinds = kinds if kinds is not None else FieldKinds()
 
     def _next_path(self) -> Path:
         if self.single_file:
@@ -190,7 +196,7 @@ class RecordWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self.current is None:
             path = self._next_path()
-            self.current = open_file(path)
+            self.current = open_file(path, self.kinds)
             self.paths.append(path)
         self.current.write(record)
         if self.max_bytes and self.current.bytes_written >= self.max_bytes:
@@ -199,7 +205,7 @@ class RecordWriter:
 
     def close(self) -> None:
         if self.current is None and self.single_file and not self.paths:
-            self.current = open_file(self.target)  # an empty input still gives its output file
+            self.current = open_file(self.target, self.kinds)  # an empty input still has a file
             self.paths.append(self.target)
         if self.current is not None:
             self.current.close()

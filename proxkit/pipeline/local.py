@@ -27,7 +27,7 @@ from proxkit.pipeline.batch import (
     uses_models,
 )
 from proxkit.pipeline.overlap import overlapped
-from proxkit.pipeline.workers import die_with_parent
+from proxkit.pipeline.workers import start_worker
 
 
 def map_ordered(
@@ -55,9 +55,20 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
-        initializer=die_with_parent,
+        initializer=start_worker,
         initargs=(os.getpid(),),
     )
+
+
+def stop_pool(pool: ProcessPoolExecutor, abort: bool) -> None:
+    """Shut a pool down; after a failure or an interrupt, without finishing running batches."""
+    if not abort:
+        pool.shutdown(cancel_futures=True)
+        return
+    processes = list(getattr(pool, "_processes", {}).values())  # no public way before 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
 
 
 class LocalEngine:
@@ -77,7 +88,7 @@ class LocalEngine:
     def programmer_stats(self) -> dict[str, Any]:
         return programmer_stats(self.processor)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            stop_pool(self.pool, abort)
         close_programmers(self.processor)

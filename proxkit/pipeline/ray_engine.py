@@ -84,6 +84,6 @@ class RayEngine:
     def programmer_stats(self) -> dict[str, Any]:
         return {}  # counted in the actors and tasks, which keep them
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         if self.started:
             self.ray.shutdown()

@@ -28,6 +28,8 @@ class Refined:
     doc: ExecutionResult | None
     chunk: ExecutionResult | None
 
+    unencodable: bool = False  # values were replaced on reading (proxkit.io.encodable)
+
     @property
     def dropped(self) -> bool:
         return any(r is not None and r.dropped for r in (self.doc, self.chunk))
@@ -79,11 +81,14 @@ def assemble(
     if chunk_result is not None:
         prox["chunk"] = chunk_result.to_metadata()
     prox.update(info or {})
+    if document.unencodable:
+        prox["unencodable"] = list(document.unencodable)
     metadata["prox"] = prox
 
     record = dict(document.record)
-    record.setdefault(fields.id, document.id)
+    if record.get(fields.id) is None:  # no id, or null: the content hash it was read with
+        record[fields.id] = document.id
     record[fields.text] = text
     record["raw_content"] = original
     record["metadata"] = metadata
-    return Refined(record, original, text, doc_result, chunk_result)
+    return Refined(record, original, text, doc_result, chunk_result, bool(document.unencodable))

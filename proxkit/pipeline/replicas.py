@@ -31,7 +31,7 @@ from proxkit.pipeline.batch import (
     programmer_stats,
 )
 from proxkit.pipeline.overlap import overlapped
-from proxkit.pipeline.workers import die_with_parent
+from proxkit.pipeline.workers import start_worker
 
 IN_FLIGHT = 3  # batches per replica: one running, the next ones read and started
 
@@ -50,7 +50,7 @@ def _replica(
     parent: int,
 ) -> None:
     """A replica's life: load the model, then refine what arrives until told to stop."""
-    die_with_parent(parent)
+    start_worker(parent)
     try:
         settings = RefineConfig.from_dict({**config, "device": device, "replicas": ()})
         processor = build_processor(dataclasses.replace(settings, threads=threads))
@@ -161,11 +161,11 @@ class ReplicaEngine:
                 self.stats[replica] = payload
                 waiting.discard(replica)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         """After a finished run the replicas have already stopped; after a failed or
         interrupted one they are killed, abandoning their batches (the unit is redone)."""
         for process in self.processes:
-            process.join(timeout=10 if self.stats else 0)
+            process.join(timeout=0 if abort else 10)
             if process.is_alive():
                 process.kill()
                 process.join()

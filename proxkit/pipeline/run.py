@@ -25,6 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from proxkit.config import ConfigError, RefineConfig
+from proxkit.io.columns import FieldKinds
 from proxkit.io.readers import (
     Document,
     Fields,
@@ -37,8 +38,16 @@ from proxkit.io.readers import (
 from proxkit.io.rejects import RejectLog
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, Item, uses_models
+from proxkit.pipeline.lock import output_lock
 from proxkit.pipeline.stats import RunStats
-from proxkit.pipeline.units import STATE_DIR, ResumeRefused, RunState, fingerprint, plan_units
+from proxkit.pipeline.units import (
+    STATE_DIR,
+    ResumeRefused,
+    RunState,
+    WorkUnit,
+    fingerprint,
+    plan_units,
+)
 
 
 class OutputExists(RuntimeError):
@@ -52,7 +61,9 @@ class Engine(Protocol):
 
     def programmer_stats(self) -> dict[str, Any]: ...
 
-    def close(self) -> None: ...
+    def close(self, abort: bool = False) -> None:
+        """Release the engine; `abort` after a failure or an interrupt: stop at once."""
+        ...
 
 
 def make_engine(config: RefineConfig) -> Engine:
@@ -159,9 +170,24 @@ def run(config: RefineConfig, progress: bool = True) -> RunStats:
     """
     paths = RunPaths.for_output(config.output)
     files = list_files(config.inputs)
+    with output_lock(paths.output, config.rank, config.world_size) as takeover:
+        if takeover:
+            print(f"note: {takeover}", file=sys.stderr)
+        stats = _run_locked(config, paths, files, progress)
+        paths.stats.parent.mkdir(parents=True, exist_ok=True)
+        paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
+        config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        paths.config.write_text(config_yaml, encoding="utf-8")
+    return stats
+
+
+def _run_locked(
+    config: RefineConfig, paths: RunPaths, files: list[str], progress: bool
+) -> RunStats:
     fields = Fields(config.text_field, config.id_field)
     engine = make_engine(config)
     bar = tqdm(unit="doc", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    finished = False
     try:
         if record_format(config.output) is not None:
             prepare_output(paths, config.overwrite)
@@ -176,13 +202,26 @@ def run(config: RefineConfig, progress: bool = True) -> RunStats:
         else:
             stats = _run_units(config, files, fields, engine, paths, bar)
         stats.programmers.update(engine.programmer_stats())
+        finished = True
     finally:
         bar.close()
-        engine.close()
-    paths.stats.parent.mkdir(parents=True, exist_ok=True)
-    paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
-    paths.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        engine.close(abort=not finished)
     return stats
+
+
+def resume_hint(config: RefineConfig) -> str:
+    """What a stopped run left, and how to go on."""
+    if record_format(config.output) is not None:
+        return f"{config.output} was not written; run the same command to write it"
+    state = RunState(Path(config.output))
+    if not state.exists():
+        return "nothing was written yet; run the same command to start again"
+    units = [WorkUnit(**u) for u in json.loads(state.manifest.read_text(encoding="utf-8"))["units"]]
+    done = sum(state.done(unit) is not None for unit in units)
+    return (
+        f"{done} of {len(units)} units are complete (their output is final); "
+        "run the same command to resume"
+    )
 
 
 def _refine_into(
@@ -217,12 +256,17 @@ def _run_units(
     state = RunState(output)
     if config.overwrite:
         _clear_folder(output)
-    elif output.is_dir() and any(output.iterdir()) and not state.exists():
+    elif (
+        output.is_dir()
+        and any(p.name != STATE_DIR for p in output.iterdir())  # _prox/ holds our lock
+        and not state.exists()
+    ):
         raise OutputExists(
             f"{output} already holds files that no prox run wrote; pass --overwrite to replace them"
         )
     units = plan_units(files, config.unit_bytes)
     state.start(config.to_dict(), units)
+    kinds = FieldKinds(state.root / "columns")  # Parquet column types, shared by all units
     mine = [u for u in units if u.index % config.world_size == config.rank]
     done = {u.index: state.done(u) for u in units}
     documents = sum(r["stats"]["documents"] for r in done.values() if r)
@@ -238,7 +282,11 @@ def _run_units(
         rejects = RejectLog(output / f"rejects-{unit.name}.jsonl")
         try:
             with RecordWriter(
-                output, config.output_format, config.shard_bytes, prefix=f"part-{unit.name}"
+                output,
+                config.output_format,
+                config.shard_bytes,
+                prefix=f"part-{unit.name}",
+                kinds=kinds,
             ) as writer:
                 items = _limited(
                     read_file(unit.path, fields, unit.start, unit.stop, unit.first_position),
@@ -263,10 +311,17 @@ def _run_units(
 
 
 def _clear_folder(output: Path) -> None:
-    """--overwrite: remove what a prox run writes into an output folder, nothing else."""
+    """--overwrite: remove what a prox run writes into an output folder, nothing else (the
+    locks this run holds stay)."""
     if not output.is_dir():
         return
     for path in output.iterdir():
         if path.name.startswith(("part-", "rejects")) or path.name in ("stats.json", "config.yaml"):
             path.unlink()
-    shutil.rmtree(output / STATE_DIR, ignore_errors=True)
+    state = output / STATE_DIR
+    if state.is_dir():
+        for path in state.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif not path.name.startswith("lock"):
+                path.unlink()

@@ -33,6 +33,7 @@ class RunStats:
     tokens_before: int = 0  # counted only when a tokenizer is configured
     tokens_after: int = 0
     programmer_failures: int = 0  # documents kept unrefined because a model call failed
+    records_with_unencodable_values: int = 0  # lone surrogates, NaN: replaced, originals kept
     programmers: dict = field(default_factory=dict)  # per stage, e.g. program cache hit rate
 
     def add(self, refined: Refined, drop_reason: str | None = None) -> None:
@@ -61,6 +62,7 @@ class RunStats:
             self.normalizations += sum(count for _, _, count in chunk.normalizations)
         self.program_errors += errors
         self.documents_with_program_errors += errors > 0
+        self.records_with_unencodable_values += refined.unencodable
 
     def merge(self, other: RunStats) -> None:
         for name, value in vars(other).items():
@@ -112,6 +114,13 @@ class RunStats:
         ]
         if self.programmer_failures:
             rows.append(("programmer failures (kept unrefined)", f"{self.programmer_failures:,}"))
+        if self.records_with_unencodable_values:
+            rows.append(
+                (
+                    "records with unencodable values (replaced, kept in metadata)",
+                    f"{self.records_with_unencodable_values:,}",
+                )
+            )
         for stage in ("doc", "chunk"):
             numbers = self.programmers.get(stage, {})
             if numbers.get("prompts"):

@@ -122,7 +122,8 @@ def plan_units(files: list[str], unit_bytes: int = 0) -> list[WorkUnit]:
 
 def _write_atomically(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
+    # Ranks of one run may write the same file at once: each through its own temporary name.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
         handle.flush()

@@ -30,10 +30,11 @@ class Verification:
         return not self.problems
 
 
-def _read_ids(paths: list[Path], id_field: str) -> Counter[str]:
+def _read_ids(paths: list[Path], fields: Fields) -> Counter[str]:
+    """The ids of the records in output files, read as the input's were (42 -> "42")."""
     ids: Counter[str] = Counter()
     for path in paths:
-        for item in read_file(str(path), Fields(text=id_field, id=id_field)):
+        for item in read_file(str(path), fields):
             if isinstance(item, Document):
                 ids[item.id] += 1
             else:
@@ -62,7 +63,7 @@ def verify(output: Path, max_listed: int = 10) -> Verification:
         if missing_shards:
             report.problems.append(f"unit {unit.name}: shards missing: {', '.join(missing_shards)}")
             continue
-        written = _read_ids(shards, fields.id)
+        written = _read_ids(shards, fields)
         rejects = [json.loads(line) for line in _lines(output / f"rejects-{unit.name}.jsonl")]
         # Records rejected while refining have no output record; the reader's own rejects
         # (invalid JSON, no text) never were documents, so they are not expected.
@@ -90,4 +91,7 @@ def verify(output: Path, max_listed: int = 10) -> Verification:
 
 
 def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    # "\n" alone ends a JSONL line: str.splitlines would also split at U+2028 inside a string
+    if not path.is_file():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]

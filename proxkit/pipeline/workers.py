@@ -1,14 +1,17 @@
 """Child processes that never outlive the process that started them.
 
 Every worker proxkit starts (CPU workers for rules, model replicas) first calls
-`die_with_parent`: a watcher thread checks the parent's pid a few times a second and ends the
+`start_worker`: a watcher thread checks the parent's pid a few times a second and ends the
 worker as soon as it changes, whatever ended the parent (`kill -9` included). A worker left
-behind would otherwise keep its memory, and a model replica its GPU memory, for ever.
+behind would otherwise keep its memory, and a model replica its GPU memory, for ever. Workers
+ignore Ctrl-C, which the terminal sends to the whole process group: the parent decides how the
+run stops, and stops them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 CHECK_SECONDS = 0.25
@@ -26,3 +29,9 @@ def die_with_parent(parent_pid: int) -> None:
                 os._exit(1)  # no clean-up: the parent that would read our results is gone
 
     threading.Thread(target=watch, name="prox-parent-watch", daemon=True).start()
+
+
+def start_worker(parent_pid: int) -> None:
+    """What every worker process does first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)

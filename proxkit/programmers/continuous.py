@@ -203,8 +203,8 @@ class ContinuousGenerator:
         if self.closed.is_set():
             return
         self.closed.set()
-        if self.manager.is_running():
-            self.manager.stop(block=True, timeout=10)
+        if self.manager.is_running():  # nothing still waiting is wanted: no flush
+            self.manager.stop(block=True, timeout=10, hard_stop=True)
         with self.lock:
             stranded = list(self.waiting)
         for request_id in stranded:

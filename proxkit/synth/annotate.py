@@ -314,7 +314,7 @@ def _complete_ids(path: Path) -> set[str]:
     if end < len(data):
         with path.open("r+b") as handle:
             handle.truncate(end)
-    return {json.loads(line)["id"] for line in data[:end].splitlines() if line.strip()}
+    return {json.loads(line)["id"] for line in data[:end].split(b"\n") if line.strip()}
 
 
 def run_annotate(config: AnnotateConfig, progress: bool = True) -> dict[str, Any]:
