@@ -5,6 +5,7 @@ of result rows, and the optional JSON file."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,22 @@ def train_rule_refiner(
         str(folder / "sft"), str(folder / "base"), str(folder / "refiner"), **options
     )
     return train(config, progress=False)
+
+
+def page_records(folders: list[Path]) -> list[dict[str, Any]]:
+    """Records from the HTML pages (.html, .html.gz) under `folders`, sorted by path, turned into
+    text as the example corpus was (`examples/build_corpus.py`): one line per block, navigation
+    and footers included, as a crawl's text extraction gives it."""
+    spec = importlib.util.spec_from_file_location(
+        "build_corpus", REPO / "examples" / "build_corpus.py"
+    )
+    build_corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_corpus)
+    records = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.htm*")):
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            text = build_corpus.html_to_text(data.decode("utf-8", "replace"))
+            if text:
+                records.append({"id": f"{folder.name}/{path.name}", "text": text})
+    return records

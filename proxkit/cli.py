@@ -13,6 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from proxkit.config import ConfigError, RefineConfig
 from proxkit.io.readers import Fields, list_files
@@ -34,8 +35,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts say "[default: ...]", which rich markup would swallow
 )
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# No markup: messages hold paths and flags such as 'proxkit[datatrove]' that rich would eat.
+stdout = Console(soft_wrap=True, markup=False)
+stderr = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def _alert(label: str, message: str) -> None:
+    """`label: message` on stderr, the label in bold red."""
+    stderr.print(Text.assemble((f"{label}:", "bold red"), " ", message), highlight=False)
+
 
 Inputs = Annotated[
     list[str],
@@ -110,7 +118,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _fail(message: str, code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    _alert("error", message)
     raise typer.Exit(code)
 
 
@@ -155,9 +163,7 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
         with interruptible():
             stats = run(config, progress=not quiet)
     except Interrupted as exc:
-        stderr.print(
-            f"[bold red]interrupted[/] ({exc.signal}): {resume_hint(config)}", highlight=False
-        )
+        _alert("interrupted", f"({exc.signal}) {resume_hint(config)}")
         raise typer.Exit(exc.exit_code) from None
     except OutputLocked as exc:
         _fail(str(exc), code=1)
@@ -209,14 +215,14 @@ def refine(
         str | None,
         typer.Option(
             "--doc-programmer",
-            help="Who writes doc-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id). [default: gair-prox/web-doc-refining-lm]",
+            help="Who writes doc-level programs: 'rules' / 'rules:NAME,...', 'datatrove' / 'datatrove:FILTER,...' (datatrove's own filters), 'stored', or a model (folder or Hub id). [default: gair-prox/web-doc-refining-lm]",
         ),
     ] = None,
     chunk_programmer: Annotated[
         str | None,
         typer.Option(
             "--chunk-programmer",
-            help="Who writes chunk-level programs: 'rules' / 'rules:NAME,...', 'stored', or a model (folder or Hub id). [default: gair-prox/web-chunk-refining-lm]",
+            help="Who writes chunk-level programs: 'rules' / 'rules:NAME,...', 'datatrove' / 'datatrove:FILTER,...' (datatrove's own filters), 'stored', or a model (folder or Hub id). [default: gair-prox/web-chunk-refining-lm]",
         ),
     ] = None,
     stages: Annotated[
@@ -622,7 +628,7 @@ def verify(
         highlight=False,
     )
     for problem in report.problems:
-        stderr.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        _alert("problem", problem)
     if not report.ok:
         raise typer.Exit(1)
     stdout.print("ok: every input record is accounted for exactly once", highlight=False)
@@ -981,7 +987,7 @@ def evaluate(
     except (FileNotFoundError, UnknownProgrammer, ModelNotFound, TokenizerNotFound) as exc:
         _fail(str(exc))
     for problem in report["unreadable_lines"]:
-        stderr.print(f"[bold red]skipped:[/] {problem}", highlight=False)
+        _alert("skipped", problem)
     for stage in ("doc", "chunk"):
         if stage in report:
             _print_mapping(f"prox evaluate: {stage} level", dict(_flatten(report[stage])))

@@ -368,7 +368,7 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_the_run_resumes(
     _, stderr = process.communicate(timeout=30)
     assert time.time() - started < 5
     assert process.returncode == code
-    assert f"interrupted ({sent.name})" in stderr and "run the same command to resume" in stderr
+    assert f"interrupted: ({sent.name})" in stderr and "run the same command to resume" in stderr
     assert "Traceback" not in stderr
     assert not list(output.glob("*.partial"))
     finished = {json.loads(p.read_text())["unit"]["index"] for p in done.glob("*.json")}

@@ -218,10 +218,9 @@ def _drop_reason(
 
 def uses_models(config: RefineConfig) -> bool:
     """Whether a stage is written by a language model (rather than rules or stored programs)."""
-    specs = [getattr(config, f"{stage}_programmer") for stage in config.stages]
-    return any(
-        spec != "stored" and spec != "rules" and not spec.startswith("rules:") for spec in specs
-    )
+    from proxkit.programmers import needs_model
+
+    return any(needs_model(getattr(config, f"{stage}_programmer")) for stage in config.stages)
 
 
 def build_processor(config: RefineConfig) -> BatchProcessor:

@@ -90,6 +90,17 @@ def quote(value: str) -> str:
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\x00": "\\x00"}
 
 
+def removals(lines: list[int]) -> list[RemoveLines]:
+    """`remove_lines` operations for line numbers in increasing order, one per run."""
+    ranges: list[RemoveLines] = []
+    for line in lines:
+        if ranges and ranges[-1].end == line - 1:
+            ranges[-1] = RemoveLines(ranges[-1].start, line)
+        else:
+            ranges.append(RemoveLines(line, line))
+    return ranges
+
+
 def operation_to_text(op: Operation) -> str:
     """One operation as the refining models write it."""
     if isinstance(op, KeepDoc):

@@ -1,9 +1,10 @@
 """Programmers write ProX programs: one module per backend behind `base.Programmer`.
 
 `make_programmer(spec, config)` turns a CLI/config value into a programmer:
-`rules` / `rules:NAME,...` (classic heuristics, no model), `stored` (programs already in
-the records), or a model: a Hub id or folder (transformers or vLLM backend) or a model name
-served by an OpenAI-compatible server.
+`rules` / `rules:NAME,...` (classic heuristics, no model), `datatrove` / `datatrove:NAME,...`
+(datatrove's own filters, extra `[datatrove]`), `stored` (programs already in the records),
+or a model: a Hub id or folder (transformers or vLLM backend) or a model name served by an
+OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -28,11 +29,26 @@ def make_programmer(spec: str, config: RefineConfig | None = None) -> Programmer
             return RulesProgrammer.from_spec(spec)
         except ValueError as exc:
             raise UnknownProgrammer(str(exc)) from exc
+    if spec == "datatrove" or spec.startswith("datatrove:"):
+        try:
+            from proxkit.programmers.datatrove import DatatroveProgrammer
+        except ImportError as exc:
+            raise UnknownProgrammer(str(exc)) from None
+        try:
+            return DatatroveProgrammer.from_spec(spec)
+        except ValueError as exc:
+            raise UnknownProgrammer(str(exc)) from exc
     if spec == "stored":
         from proxkit.programmers.stored import StoredProgrammer
 
         return StoredProgrammer()
     return make_model_programmer(spec, config)
+
+
+def needs_model(spec: str) -> bool:
+    """Whether a programmer spec names a language model (rather than rules, datatrove's
+    filters or stored programs, which are plain CPU work)."""
+    return spec != "stored" and spec.partition(":")[0] not in ("rules", "datatrove")
 
 
 def make_programmers(config: RefineConfig) -> dict[Stage, Programmer]:
@@ -112,4 +128,5 @@ __all__ = [
     "Written",
     "make_model_programmer",
     "make_programmer",
+    "needs_model",
 ]

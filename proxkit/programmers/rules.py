@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxkit.io.readers import Document
-from proxkit.program.ops import Normalize, RemoveLines, operation_to_text
+from proxkit.program.ops import Normalize, operation_to_text, removals
 from proxkit.programmers.base import Stage, Written
 from proxkit.rules.doc import DEFAULT_DOC_RULES, DOC_RULE_SETS, DOC_RULES, first_failure
 from proxkit.rules.lines import (
@@ -93,15 +93,9 @@ class RulesProgrammer:
         for rule, source, target in normalizations(text, self.line_rules):
             program.append(operation_to_text(Normalize(source, target)))
             fired[rule] += 1
-        start = None
-        for index, reason in enumerate([*reasons, None]):
-            if reason is not None:
-                fired[reason] += 1
-                if start is None:
-                    start = index
-            elif start is not None:
-                program.append(operation_to_text(RemoveLines(start, index - 1)))
-                start = None
+        fired.update(reason for reason in reasons if reason is not None)
+        removed = [index for index, reason in enumerate(reasons) if reason is not None]
+        program += [operation_to_text(op) for op in removals(removed)]
         if not program:
             return Written("keep_doc()")
         return Written("\n".join(program), {"rules": dict(sorted(fired.items()))})
