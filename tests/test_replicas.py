@@ -46,7 +46,7 @@ def test_a_killed_replica_stops_the_run_and_the_run_resumes(refiner, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for part in range(4):
-        texts = make_documents(24, seed=part)
+        texts = make_documents(12, seed=part)
         records = [{"id": f"{part}-{i}", "text": t} for i, (t, _) in enumerate(texts)]
         write_jsonl(inputs / f"part{part}.jsonl", records)
     whole = tmp_path / "whole"
