@@ -314,7 +314,7 @@ _PIECE_PARTS = [
 
 
 @given(st.lists(st.sampled_from(_PIECE_PARTS), min_size=1, max_size=6).map("".join))
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=500, deadline=None)
 def test_fast_paths_split_pieces_as_the_full_rules_do(piece):
     """The shortcuts for plain words with a mark beside them give the full rules' tokens."""
     from proxkit.rules.words import _piece_tokens, _split_piece
