@@ -45,29 +45,27 @@ def outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: gzip.decompress(p.read_bytes()) for p in sorted(folder.glob("part-*"))}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """3,200 documents in 5 files."""
-    folder = tmp_path_factory.mktemp("corpus")
+def write_corpus(folder: Path, copies: int) -> Path:
+    """The example corpus `copies` times in each of 5 gzipped files, every id distinct."""
     records = example_records()
     for part in range(5):
         with gzip.open(folder / f"part{part}.jsonl.gz", "wt") as out:
-            for copy in range(2):
+            for copy in range(copies):
                 for record in records:
                     out.write(json.dumps({**record, "id": f"{record['id']}#{part}.{copy}"}) + "\n")
     return folder
 
 
 @pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """3,200 documents in 5 files."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), copies=2)
+
+
+@pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> Path:
     """1,600 documents in 5 files: enough time to stop a run between its units."""
-    folder = tmp_path_factory.mktemp("small_corpus")
-    records = example_records()
-    for part in range(5):
-        with gzip.open(folder / f"part{part}.jsonl.gz", "wt") as out:
-            for record in records:
-                out.write(json.dumps({**record, "id": f"{record['id']}#{part}"}) + "\n")
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("small_corpus"), copies=1)
 
 
 @pytest.fixture(scope="module")
