@@ -28,21 +28,14 @@ from functools import cached_property
 
 import numpy as np
 
+from proxkit.rules.lines import C4_POLICY
 from proxkit.rules.words import SENTENCE_TERMINALS, sentence_count, token_kind, words
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 _LINE_BREAKS = re.compile(r"\n+")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-C4_END_MARKS = (".", "?", "!", '"', "'")
-C4_POLICY = (
-    "terms of use",
-    "privacy policy",
-    "cookie policy",
-    "uses cookies",
-    "use of cookies",
-    "use cookies",
-)
+C4_END_MARKS = (".", "?", "!", '"', "'")  # datatrove's: the TFDS marks of lines.py and "'"
 
 
 class Features:
@@ -54,10 +47,6 @@ class Features:
     @classmethod
     def of(cls, text: str) -> Features:
         return cls(text)
-
-    @cached_property
-    def lines(self) -> list[str]:
-        return self.text.split("\n")
 
     @cached_property
     def tokens(self) -> list[str]:

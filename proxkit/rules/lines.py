@@ -24,9 +24,15 @@ C4_END_MARKS = (".", "?", "!", '"')
 TERMINAL_PUNCTUATION = (".", "'", '"', "!", "?")  # FineWeb's stop characters
 SHORT_LINE_CHARS = 30
 NAVIGATION_RUN = 3
-_POLICY = re.compile(
-    r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies"
+C4_POLICY = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
 )
+_POLICY = re.compile("|".join(map(re.escape, C4_POLICY)))
 _ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff")
 _REPEATED_MARKS = re.compile(r"!{3,}|\?{3,}|\.{4,}")
 
