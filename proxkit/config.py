@@ -1,22 +1,42 @@
-"""The one typed configuration of a run, loadable from YAML and from CLI flags alike.
+"""The typed configuration of a run (`RefineConfig`, and the small ones of `prox report` and
+`prox inspect`), loadable from YAML and from CLI flags alike.
 
-`RefineConfig.load(yaml_path, overrides)` reads the YAML file (same names as the fields, the
-thresholds flat or under `thresholds:`) and applies the flags that were given on top of it.
-Unknown keys are an error, so a typo in a config file cannot be silently ignored.
+Each field declares its own option (flag, help, panel: proxkit/options.py). `load_flat(cls,
+yaml_path, flags)` reads the YAML file (keys are field names or flag names, the thresholds flat
+or under `thresholds:`) and applies the flags that were given on top of it. Unknown keys are an
+error naming the closest valid key, so a typo in a config file cannot be silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from proxkit.chunking import DEFAULT_CHUNK_TOKENS
+from proxkit.options import (
+    BACKENDS,
+    BATCHING,
+    INPUT_OUTPUT,
+    PROGRAMMERS,
+    PROMPTS,
+    SCALING,
+    SERVERS,
+    THRESHOLDS,
+    Option,
+    aliases,
+    gpu_devices,
+    option,
+    size,
+    size_text,
+)
 from proxkit.program.executor import MODES, Mode, Thresholds
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS
@@ -28,58 +48,226 @@ class ConfigError(ValueError):
     """A configuration value or key that is not valid."""
 
 
+MODEL_PROGRAMMER = (
+    "'rules' / 'rules:NAME,...', 'datatrove' / 'datatrove:FILTER,...' (datatrove's own "
+    "filters), 'stored' (the programs in the records), or a model (folder or Hub id)."
+)
+
+
 @dataclass(frozen=True)
 class RefineConfig:
-    inputs: tuple[str, ...] = ()
-    output: str = ""
-    doc_programmer: str = "gair-prox/web-doc-refining-lm"  # the released ProX refining models
-    chunk_programmer: str = "gair-prox/web-chunk-refining-lm"
-    stages: tuple[str, ...] = STAGES
-    mode: Mode = "strict"
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    text_field: str = "text"
-    id_field: str = "id"
-    output_format: str = "jsonl.gz"
-    shard_bytes: int = 512 * 1024 * 1024
-    unit_bytes: int = 256 * 1024 * 1024  # larger files are split into byte / row-group ranges
-    batch_size: int = 256
-    workers: int = 0  # 0: one per CPU core
-    limit: int | None = None
-    overwrite: bool = False
-    engine: str = "local"  # local (processes on this machine) or ray (a Ray cluster)
-    ray_address: str | None = None  # an existing cluster; None starts a local one
-    ray_actors: int = 1  # model programmers: actors, each holding the model once
-    ray_gpus_per_actor: float = 0.0
-    rank: int = 0  # this process's share of the work units (for Slurm arrays and the like)
-    world_size: int = 1
-    tokenizer: str | None = None  # count model tokens before/after in the summary
-    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    max_doc_tokens: int = DEFAULT_DOC_TOKENS
-    doc_truncation: str = "document"
-    # model programmers (a Hub id or folder as --doc-programmer / --chunk-programmer)
-    backend: str = "transformers"  # transformers, vllm or openai
-    doc_scoring: str = "forward"  # forward: one pass, keep score; generate: greedy text
-    constrained: bool = True  # grammar-constrained generation (transformers backend)
-    doc_keep_threshold: float = 0.5
-    doc_keep_fraction: float | None = None
-    doc_max_new_tokens: int = 16
-    chunk_max_new_tokens: int = 256
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_tokens: int = 16_384
-    max_batch_size: int = 64  # sequences per static batch / per continuous-batching step
-    generation: str = "auto"  # continuous, static, or auto (continuous on GPUs, static on CPU)
-    kv_cache_tokens: int = 0  # continuous batching's KV cache; 0: sized from free GPU memory
-    replicas: tuple[str, ...] = ()  # one model process per device (--gpus 0,1: cuda:0, cuda:1)
-    threads: int = 0  # torch CPU threads per model; 0: the cores, shared among CPU replicas
-    compile_model: bool = False
-    tensor_parallel: int = 1
-    api_base: str | None = None  # openai backend: e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = "OPENAI_API_KEY"
-    api_mode: str = "completions"  # or chat
-    max_concurrency: int = 32
-    request_timeout: float = 120.0
-    max_retries: int = 4
+    inputs: tuple[str, ...] = option(
+        (),
+        "Input files, folders, globs or fsspec URLs (.jsonl[.gz|.zst], .parquet).",
+        argument=True,
+    )
+    output: str = option(
+        "",
+        "Output folder (sharded) or file name (out.jsonl.gz, out.parquet).",
+        short="-o",
+        required=True,
+    )
+    doc_programmer: str = option(  # the released ProX refining models
+        "gair-prox/web-doc-refining-lm", "Who writes doc-level programs: " + MODEL_PROGRAMMER
+    )
+    chunk_programmer: str = option(
+        "gair-prox/web-chunk-refining-lm", "Who writes chunk-level programs: " + MODEL_PROGRAMMER
+    )
+    stages: tuple[str, ...] = option(STAGES, "Comma-separated stages to run: doc,chunk.")
+    mode: Mode = option(
+        "strict",
+        "Program parsing: 'strict' (Python ast) or 'reference' (the ProX reference parser, byte "
+        "for byte).",
+        THRESHOLDS,
+    )
+    thresholds: Thresholds = option(
+        factory=Thresholds,
+        nested={
+            "min_kept_ratio": Option(
+                "Use the refined text only if words(refined)/words(original) >= this (reference "
+                "threshold_1).",
+                THRESHOLDS,
+            ),
+            "max_removed_ratio": Option(
+                "Drop the document if words(refined)/words(original) <= 1 - this (reference "
+                "threshold_2).",
+                THRESHOLDS,
+            ),
+            "error_limit": Option(
+                "Ignore a chunk program with this many errors or more (reference error_op).",
+                THRESHOLDS,
+            ),
+            "short_doc_words": Option(
+                "Drop a refined text of at most this many words.", THRESHOLDS
+            ),
+        },
+    )
+    text_field: str = option("text", "Record field holding the document text.", INPUT_OUTPUT)
+    id_field: str = option(
+        "id", "Record field holding the id; a content hash is used where absent.", INPUT_OUTPUT
+    )
+    output_format: str = option(
+        "jsonl.gz",
+        "Shard format in an output folder: jsonl, jsonl.gz, jsonl.zst, parquet.",
+        INPUT_OUTPUT,
+    )
+    shard_bytes: int = option(
+        512 * 1024 * 1024,
+        "Start a new output shard after this much uncompressed text (e.g. 512MB; 0: one shard).",
+        INPUT_OUTPUT,
+        flag="--shard-size",
+        parse=size,
+        show=size_text,
+    )
+    unit_bytes: int = option(
+        256 * 1024 * 1024,
+        "Split larger input files into work units of about this size (uncompressed JSONL: "
+        "line-aligned byte ranges; Parquet: row groups), so a killed run loses at most one unit "
+        "of work.",
+        INPUT_OUTPUT,
+        flag="--unit-size",
+        parse=size,
+        show=size_text,
+    )
+    batch_size: int = option(256, "Documents per batch.", INPUT_OUTPUT)
+    workers: int = option(0, "Worker processes for CPU work (0: one per core).", SCALING)
+    limit: int | None = option(None, "Stop after this many documents.", INPUT_OUTPUT)
+    overwrite: bool = option(False, "Replace results already in the output.")
+    engine: str = option(
+        "local", "local (processes on this machine) or ray (a Ray cluster, extra [ray]).", SCALING
+    )
+    ray_address: str | None = option(
+        None,
+        "Ray cluster to join (e.g. ray://head:10001 or auto); unset: start a local one.",
+        SCALING,
+    )
+    ray_actors: int = option(
+        1, "Ray engine, model programmers: actors, each holding the model once.", SCALING
+    )
+    ray_gpus_per_actor: float = option(
+        0.0, "Ray engine, model programmers: GPUs per actor.", SCALING
+    )
+    rank: int = option(
+        0,
+        "This process's share of the work units (input files or parts of large ones), for "
+        "Slurm arrays: units i with i % world-size == rank.",
+        SCALING,
+    )
+    world_size: int = option(1, "How many processes share the work units.", SCALING)
+    tokenizer: str | None = option(
+        None,
+        "Tokenizer folder or Hub id: also count model tokens before and after in the summary.",
+        INPUT_OUTPUT,
+    )
+    max_chunk_tokens: int = option(
+        DEFAULT_CHUNK_TOKENS, "Token budget of a chunk of numbered lines.", PROMPTS
+    )
+    max_doc_tokens: int = option(DEFAULT_DOC_TOKENS, "Token limit of a doc-level prompt.", PROMPTS)
+    doc_truncation: str = option(
+        "document",
+        "'document' (cut the document, keep the template) or 'reference' (cut the whole "
+        "prompt, as the reference).",
+        PROMPTS,
+    )
+    backend: str = option(
+        "transformers",
+        "How model programmers run: transformers (CPU/GPU), vllm (GPU, extra [vllm]) or openai "
+        "(any OpenAI-compatible server).",
+        BACKENDS,
+    )
+    doc_scoring: str = option(
+        "forward",
+        "Doc level with a model: 'forward' (one forward pass, keep score in metadata) or "
+        "'generate' (greedy text, as the reference).",
+        PROGRAMMERS,
+    )
+    constrained: bool = option(
+        True,
+        "transformers backend: generation can only write valid programs (grammar-constrained "
+        "decoding).",
+        PROGRAMMERS,
+        flag="--constrained/--no-constrained",
+    )
+    doc_keep_threshold: float = option(
+        0.5, "Drop a document whose keep score is below this (0.5: the greedy choice).", PROGRAMMERS
+    )
+    doc_keep_fraction: float | None = option(
+        None,
+        "Instead of a threshold, keep this fraction of the best-scoring documents of each batch.",
+        PROGRAMMERS,
+    )
+    doc_max_new_tokens: int = option(
+        16, "Token limit of a generated doc-level program (--doc-scoring generate).", PROGRAMMERS
+    )
+    chunk_max_new_tokens: int = option(
+        256, "Token limit of a generated chunk-level program (the reference's 256).", PROGRAMMERS
+    )
+    device: str = option("auto", "transformers backend: auto, cpu, cuda, cuda:1.", BACKENDS)
+    dtype: str = option(
+        "auto",
+        "Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.",
+        BACKENDS,
+    )
+    batch_tokens: int = option(
+        16_384,
+        "Prompt tokens per forward batch, padding included (continuous batching: tokens per step).",
+        BATCHING,
+    )
+    max_batch_size: int = option(
+        64, "Sequences per batch (continuous batching: per step).", BATCHING
+    )
+    generation: str = option(
+        "auto",
+        "'continuous' (continuous batching: a finished output frees its slot at once), "
+        "'static' (padded batches), or 'auto' (continuous on a GPU, static on CPU, where it "
+        "measured faster).",
+        BATCHING,
+    )
+    kv_cache_tokens: int = option(
+        0,
+        "Continuous batching: KV cache size in tokens (0: from free GPU memory; 65536 on CPU).",
+        BATCHING,
+    )
+    replicas: tuple[str, ...] = option(  # one model process per device
+        (),
+        "Like --gpus with any devices, e.g. cuda:0,cuda:0 (two replicas on one GPU) or cpu,cpu "
+        "(each takes its share of the cores).",
+        SCALING,
+        also=Option(
+            "One model replica (process) per GPU of this node, fed from one ordered stream: a "
+            "count (--gpus 4) or device numbers (--gpus 0,2). Output is byte for byte that of "
+            "one GPU.",
+            SCALING,
+            flag="--gpus",
+            parse=gpu_devices,
+        ),
+    )
+    threads: int = option(
+        0, "torch CPU threads per model (0: all cores, shared among CPU replicas).", BACKENDS
+    )
+    compile_model: bool = option(
+        False,
+        "transformers backend: torch.compile the one-pass doc scoring (fuses the small "
+        "element-wise kernels; pays off on GPUs and long runs).",
+        BACKENDS,
+        flag="--compile/--no-compile",
+    )
+    tensor_parallel: int = option(1, "vllm backend: GPUs per model.", BACKENDS)
+    api_base: str | None = option(
+        None, "openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1.", SERVERS
+    )
+    api_key_env: str = option(
+        "OPENAI_API_KEY", "Environment variable holding the API key.", SERVERS
+    )
+    api_mode: str = option(
+        "completions",
+        "completions (proxkit's exact prompt text) or chat (system + user messages; the server "
+        "applies its chat template).",
+        SERVERS,
+    )
+    max_concurrency: int = option(32, "Requests in flight at once.", SERVERS)
+    request_timeout: float = option(120.0, "Seconds per request.", SERVERS)
+    max_retries: int = option(4, "Retries on 429/5xx/connection errors, with backoff.", SERVERS)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -117,63 +305,139 @@ class RefineConfig:
     def load(
         cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
     ) -> RefineConfig:
-        return cls.from_dict(yaml_with_overrides(path, overrides))
+        return load_flat(cls, path, overrides)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RefineConfig:
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        threshold_names = {f.name for f in fields(Thresholds)}
-        thresholds = dict(values.pop("thresholds", None) or {})
-        for name in threshold_names & values.keys():
-            thresholds[name] = values.pop(name)
-        unknown = set(values) - {f.name for f in fields(cls)} | set(thresholds) - threshold_names
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-        return cls(thresholds=Thresholds(**thresholds), **_with_tuples(cls, values))
+        return from_mapping(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["inputs"] = list(self.inputs)
-        data["stages"] = list(self.stages)
-        data["replicas"] = list(self.replicas)
-        return data
+        return to_plain(self)
 
 
-def yaml_with_overrides(
-    path: str | Path | None, overrides: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The YAML file's values (if any), with the flags that were given on top."""
+RUN_OUTPUT = "The output of prox refine or prox execute (a folder or a file)."
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`prox report`: one self-contained HTML file about a run."""
+
+    output: str = option("", RUN_OUTPUT, argument=True)
+    html: str | None = option(
+        None, "Report file; unset: OUT/report.html, or OUT.report.html.", short="-o"
+    )
+    sample: int = option(50, "Documents sampled per outcome (and with errors).")
+    seed: int = option(0, "Sampling seed.")
+    group_by: str | None = option(
+        None,
+        "Record field for the per-source plot; URLs give their domain. Unset: url, else source.",
+    )
+
+    def html_file(self) -> Path:
+        """The report's file: --html, else report.html in the run's folder, else beside it."""
+        if self.html:
+            return Path(self.html)
+        output = Path(self.output)
+        if output.is_dir():
+            return output / "report.html"
+        return output.with_name(f"{output.name.split('.')[0]}.report.html")
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """`prox inspect`: which documents of a run to show in the terminal, and how."""
+
+    output: str = option("", RUN_OUTPUT, argument=True)
+    ids: tuple[str, ...] = option(
+        (), "Show this document (repeatable).", flag="--id", multiple=True
+    )
+    dropped: bool = option(False, "Only dropped documents.")
+    refined: bool = option(False, "Only refined documents.")
+    unchanged: bool = option(False, "Only unchanged documents.")
+    errors: bool = option(False, "Only documents whose programs had errors.")
+    limit: int = option(20, "Documents to show (0: all).")
+    max_lines: int = option(200, "Lines per document (0: all).")
+    pager: bool = option(True, "Page the output in a terminal.", flag="--pager/--no-pager")
+
+    def wants(self, view: Any) -> bool:
+        """Whether a document (a `report.diff.DocumentView`) is one of those asked for."""
+        outcomes = [o for o in ("dropped", "refined", "unchanged") if getattr(self, o)]
+        return (
+            (not self.ids or view.id in self.ids)
+            and (not outcomes or view.category in outcomes)
+            and (not self.errors or view.has_errors)
+        )
+
+
+def load_flat(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None) -> T:
+    """A config dataclass from a YAML file (if any) with the flags that were given on top: a
+    flag beats the file. Keys are the field names (or the flag's name, `shard_size: 512MB`)."""
     values: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as handle:
             loaded = yaml.safe_load(handle) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option names to values")
-        values.update(loaded)
+        values.update(_unaliased(cls, loaded))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    return from_mapping(cls, values)
 
 
-def load_flat(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None) -> T:
-    """A flat config dataclass (annotate, sft-data, train, evaluate) from YAML and flags;
-    unknown keys are an error, lists become tuples."""
-    values = yaml_with_overrides(path, overrides)
-    unknown = set(values) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+def from_mapping(cls: type[T], values: Mapping[str, Any]) -> T:
+    """A config dataclass from option names and values; the fields of a nested dataclass
+    (`thresholds`) are given flat or under its own key; lists become tuples; an unknown key is
+    an error naming the closest valid one."""
+    values = _unaliased(cls, values)
+    kinds = typing.get_type_hints(cls)
+    arguments, valid = {}, set(kinds) | set(aliases(cls))
+    for name, kind in kinds.items():
+        if not dataclasses.is_dataclass(kind):
+            if name in values:
+                arguments[name] = _tuple_if(kind, values[name])
+            continue
+        inner = {f.name for f in fields(kind)}
+        nested = dict(values.get(name) or {})
+        nested.update({k: v for k, v in values.items() if k in inner})
+        _refuse_unknown(set(nested) - inner, inner)
+        valid |= inner
+        arguments[name] = kind(**nested)
+    _refuse_unknown(set(values) - valid, valid)
+    return cls(**arguments)
+
+
+def _unaliased(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys with dashes or named like a flag (`shard_size`, `gpus`) as their field's name,
+    the value parsed as the flag parses it."""
+    by_flag = aliases(cls)
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in by_flag:
+            name, parse = by_flag[name]
+            if name in values or name in plain:
+                raise ConfigError(f"give {key} or {name}, not both")
+            try:
+                value = parse(str(value)) if parse and value is not None else value
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        plain[name] = value
+    return plain
+
+
+def _refuse_unknown(unknown: set[str], valid: set[str]) -> None:
     if unknown:
-        raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-    return cls(**_with_tuples(cls, values))
+        named = [
+            key + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(key, valid, 1))
+            for key in sorted(unknown)
+        ]
+        raise ConfigError(f"unknown configuration keys: {', '.join(named)}")
 
 
-def _with_tuples(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+def _tuple_if(kind: Any, value: Any) -> Any:
     """Tuple fields from YAML lists or comma-separated flag values ("doc,chunk")."""
-    types = {f.name: str(f.type) for f in fields(cls)}
-    converted = dict(values)
-    for name, value in values.items():
-        if types.get(name, "").startswith("tuple") and value is not None:
-            converted[name] = (
-                tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
-            )
-    return converted
+    if typing.get_origin(kind) is not tuple or value is None:
+        return value
+    return tuple(v for v in value.split(",") if v) if isinstance(value, str) else tuple(value)
 
 
 def to_plain(config: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunker
 from proxkit.config import ConfigError, to_plain
 from proxkit.io.readers import Document, Fields, Reject, list_files, read_inputs
 from proxkit.io.rejects import RejectLog
+from proxkit.options import LABELS, SAMPLE, SERVERS, option
 from proxkit.program.ops import Program
 from proxkit.programmers.base import STAGES
 from proxkit.programmers.openai import OpenAIClient, OpenAISettings
@@ -43,30 +44,53 @@ RETRY_MESSAGE = (
 
 @dataclass(frozen=True)
 class AnnotateConfig:
-    inputs: tuple[str, ...] = ()
-    output: str = ""
-    teacher_model: str = ""
-    api_base: str | None = None  # an OpenAI-compatible server with /v1/chat/completions
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 16
-    request_timeout: float = 300.0
-    max_retries: int = 4
-    tokenizer: str = "gair-prox/web-chunk-refining-lm"  # the student's: chunks as it will see them
-    sample_size: int = 1000
-    seed: int = 0
-    stages: tuple[str, ...] = STAGES
-    doc_rubric: str = "doc-v1"
-    chunk_rubric: str = "chunk-v1"
-    min_educational_value: int = 2
-    min_format_readability: int = 2
-    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    max_document_chars: int = 30_000  # what the teacher reads at doc level
-    doc_max_new_tokens: int = 256
-    chunk_max_new_tokens: int = 1024
-    batch_size: int = 64  # documents per wave of requests, written together
-    text_field: str = "text"
-    id_field: str = "id"
-    overwrite: bool = False
+    inputs: tuple[str, ...] = option(
+        (),
+        "Input files, folders, globs or fsspec URLs (.jsonl[.gz|.zst], .parquet).",
+        argument=True,
+    )
+    output: str = option("", "Output folder.", short="-o", required=True)
+    teacher_model: str = option("", "The teacher's model name on the server.")
+    api_base: str | None = option(
+        None,
+        "The OpenAI-compatible server (with /v1/chat/completions), e.g. http://127.0.0.1:8000/v1.",
+    )
+    api_key_env: str = option(
+        "OPENAI_API_KEY", "Environment variable holding the API key.", SERVERS
+    )
+    max_concurrency: int = option(16, "Requests in flight at once.", SERVERS)
+    request_timeout: float = option(300.0, "Seconds per request.", SERVERS)
+    max_retries: int = option(4, "Retries on 429/5xx/connection errors, with backoff.", SERVERS)
+    tokenizer: str = option(
+        "gair-prox/web-chunk-refining-lm",
+        "The student model's tokenizer (folder or Hub id): chunks are cut as it will see them.",
+        LABELS,
+    )
+    sample_size: int = option(1000, "Documents to annotate.", SAMPLE)
+    seed: int = option(0, "Sampling seed.", SAMPLE)
+    stages: tuple[str, ...] = option(STAGES, "Stages to annotate: doc, chunk or doc,chunk.")
+    doc_rubric: str = option("doc-v1", "Doc-level rubric: a name or a YAML file.", LABELS)
+    chunk_rubric: str = option("chunk-v1", "Chunk-level rubric: a name or a YAML file.", LABELS)
+    min_educational_value: int = option(
+        2, "Keep a document whose educational value is at or above this.", LABELS
+    )
+    min_format_readability: int = option(
+        2, "Keep a document whose format/readability is at or above this.", LABELS
+    )
+    max_chunk_tokens: int = option(
+        DEFAULT_CHUNK_TOKENS, "Token budget of a chunk of numbered lines.", LABELS
+    )
+    max_document_chars: int = option(
+        30_000, "Characters of a document the teacher reads at doc level.", LABELS
+    )
+    doc_max_new_tokens: int = option(256, "Token limit of a doc-level answer.", SERVERS)
+    chunk_max_new_tokens: int = option(1024, "Token limit of a chunk-level answer.", SERVERS)
+    batch_size: int = option(64, "Documents per wave of requests, written together.", SAMPLE)
+    text_field: str = option("text", "Record field holding the document text.", SAMPLE)
+    id_field: str = option(
+        "id", "Record field holding the id; a content hash is used where absent.", SAMPLE
+    )
+    overwrite: bool = option(False, "Replace the output.")
 
     def __post_init__(self) -> None:
         if not self.inputs or not self.output or not self.teacher_model:

@@ -23,6 +23,7 @@ from typing import Any
 from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunker
 from proxkit.config import ConfigError
 from proxkit.io.writers import fresh_folder
+from proxkit.options import option
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS, answer_ids, answer_text, chunk_prompts, doc_prompts
 from proxkit.seeded import priority
@@ -33,15 +34,19 @@ SPLITS = ("train", "validation")
 
 @dataclass(frozen=True)
 class SFTConfig:
-    annotations: str = ""  # a `prox annotate` folder, or an annotations JSONL file
-    output: str = ""
-    tokenizer: str = "gair-prox/web-chunk-refining-lm"  # the student's
-    validation_fraction: float = 0.1
-    seed: int = 0
-    stages: tuple[str, ...] = STAGES
-    max_doc_tokens: int = DEFAULT_DOC_TOKENS
-    max_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    overwrite: bool = False
+    annotations: str = option("", "A prox annotate folder or annotations file.", argument=True)
+    output: str = option("", "Output folder.", short="-o", required=True)
+    tokenizer: str = option(
+        "gair-prox/web-chunk-refining-lm", "The student model's tokenizer (folder or Hub id)."
+    )
+    validation_fraction: float = option(0.1, "Share of documents held out.")
+    seed: int = option(0, "Split seed.")
+    stages: tuple[str, ...] = option(STAGES, "Stages to make examples of: doc, chunk or doc,chunk.")
+    max_doc_tokens: int = option(DEFAULT_DOC_TOKENS, "Token limit of a doc-level prompt.")
+    max_chunk_tokens: int = option(
+        DEFAULT_CHUNK_TOKENS, "Token budget of a chunk (the annotations' own)."
+    )
+    overwrite: bool = option(False, "Replace the output.")
 
     def __post_init__(self) -> None:
         if not self.annotations or not self.output:

@@ -20,6 +20,7 @@ from typing import Any
 
 from proxkit.config import ConfigError, to_plain
 from proxkit.io.writers import fresh_folder
+from proxkit.options import TRAINING, option
 from proxkit.tokenizer import TOKENIZER_FILES, TokenizerInfo, load_tokenizer, resolve_folder
 
 IGNORE = -100  # label of a position the loss skips
@@ -27,24 +28,33 @@ IGNORE = -100  # label of a position the loss skips
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = ""  # a `prox sft-data` folder
-    base_model: str = ""  # a Hub id or checkpoint folder
-    output: str = ""
-    lora_rank: int = 0  # 0: full fine-tuning
-    lora_alpha: int | None = None  # default: 2 x rank
-    learning_rate: float | None = None  # default: 1e-5 full, 2e-4 LoRA
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0: stop after this many optimizer steps
-    batch_size: int = 16
-    gradient_accumulation: int = 1
-    max_length: int = 2048  # longer examples are left out (and counted)
-    warmup_fraction: float = 0.03
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    dtype: str = "auto"  # auto: bfloat16 where the GPU supports it, else float32
-    seed: int = 0
-    logging_steps: int = 10
-    overwrite: bool = False
+    data: str = option("", "A prox sft-data folder.", argument=True)
+    base_model: str = option("", "Hub id or checkpoint folder to fine-tune.")
+    output: str = option("", "Checkpoint folder.", short="-o")
+    lora_rank: int = option(0, "LoRA rank; 0: full fine-tuning.")
+    lora_alpha: int | None = option(None, "LoRA alpha; unset: 2 x rank.", TRAINING)
+    learning_rate: float | None = option(
+        None, "Peak learning rate; unset: 1e-5 full fine-tuning, 2e-4 LoRA.", TRAINING
+    )
+    epochs: float = option(3.0, "Passes over the training examples.", TRAINING)
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: no limit).", TRAINING)
+    batch_size: int = option(16, "Examples per device and step.", TRAINING)
+    gradient_accumulation: int = option(1, "Batches per optimizer step.", TRAINING)
+    max_length: int = option(
+        2048, "Longest example in tokens; longer ones are left out (and counted).", TRAINING
+    )
+    warmup_fraction: float = option(0.03, "Share of the steps warming up.", TRAINING)
+    weight_decay: float = option(0.0, "AdamW weight decay.", TRAINING)
+    scheduler: str = option("cosine", "Learning-rate schedule (transformers' names).", TRAINING)
+    dtype: str = option(
+        "auto",
+        "Training precision: auto (bfloat16 where the GPU supports it, else float32), float32 "
+        "or bfloat16.",
+        TRAINING,
+    )
+    seed: int = option(0, "Seed of initialisation and data order.", TRAINING)
+    logging_steps: int = option(10, "Log the loss every this many steps.", TRAINING)
+    overwrite: bool = option(False, "Replace the output.")
 
     def __post_init__(self) -> None:
         if not self.data or not self.base_model or not self.output:
