@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -612,19 +611,22 @@ def prompts(
 @app.command()
 def verify(
     output: Annotated[
-        Path, typer.Argument(help="A folder written by prox refine or prox execute.")
+        Path, typer.Argument(help="A folder or file written by prox refine or prox execute.")
     ],
 ) -> None:
-    """Check that every input record ended in exactly one output record or reject."""
+    """Audit a run: re-read its inputs and every output file, re-execute the stored programs,
+    and check that every input record ended in exactly one output record or reject."""
     from proxkit.pipeline.verify import verify as check
 
     try:
-        report = check(output)
+        report = check(output, progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     stdout.print(
         f"{report.complete_units}/{report.units} units complete; {report.input_records:,} input records, "
-        f"{report.output_records:,} output records, {report.rejected:,} rejected",
+        f"{report.output_records:,} output records, {report.rejected:,} rejected; "
+        f"checked in {report.seconds:.1f} s"
+        + (" (a --limit run: checked as prefixes)" if report.limited else ""),
         highlight=False,
     )
     for problem in report.problems:
@@ -676,7 +678,12 @@ def report(
             if path.is_dir()
             else path.with_name(f"{path.name.split('.')[0]}.report.html")
         )
-    html.write_text(render(data), encoding="utf-8")
+    try:
+        html.write_text(render(data), encoding="utf-8")
+    except OSError as exc:
+        _fail(
+            f"cannot write the report to {html} ({exc.strerror or exc}); choose a file with --html"
+        )
     stdout.print(
         f"{data.documents:,} documents, {len(data.sample)} in the sample -> {html} "
         f"({html.stat().st_size / 1e6:.1f} MB)",
@@ -710,8 +717,7 @@ def inspect(
     normalized strings highlighted, programs beside them."""
     import contextlib
 
-    from proxkit.io.readers import Fields
-    from proxkit.report.collect import NotARun, read_records
+    from proxkit.report.collect import NotARun, read_records, run_config, run_fields
     from proxkit.report.diff import document_view
     from proxkit.report.terminal import render_document
 
@@ -720,9 +726,10 @@ def inspect(
         for name, on in (("dropped", dropped), ("refined", refined), ("unchanged", unchanged))
         if on
     }
-    config_path = RunPaths.for_output(output).config
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
-    fields = Fields((config or {}).get("text_field", "text"), (config or {}).get("id_field", "id"))
+    try:
+        fields = run_fields(run_config(output))
+    except NotARun as exc:
+        _fail(str(exc))
     missing = set(ids or ())
     shown = 0
     console = Console()  # wraps long lines inside the panels (the summary console does not)
