@@ -87,6 +87,7 @@ class Audit:
         self.report = report
         self.max_listed = max_listed
         self.kinds: dict[str, str] | None = None  # the run's Parquet column types, if known
+        self.undone: list[str] = []  # units without a completion record
         self.bar: tqdm | None = None
 
     def problem(self, message: str) -> None:
@@ -370,7 +371,7 @@ def _unit_parts(
             audit.problem(str(exc))
             continue
         if record is None:
-            audit.problem(
+            audit.undone.append(
                 f"unit {unit.name} ({unit.path}) is not complete: {state.record(unit)} is missing"
             )
             continue
@@ -468,6 +469,8 @@ def _folder(output: Path, report: Verification, max_listed: int, progress: bool)
                     f"{state.record(WorkUnit(**record['unit']))}: counts {stats.get('documents')} "
                     f"records and {stats.get('rejected')} rejects; the files hold {written:,} and {rejected:,}"
                 )
+    if not (report.limited and report.input_records >= (config.limit or 0)):
+        report.problems += audit.undone  # a --limit run that took its documents ends early
     if every_unit and checked == report.units:  # else its counts cannot match
         _check_stats(output / "stats.json", report, audit)
 
