@@ -44,6 +44,7 @@ class Refined:
     chunk: ExecutionResult | None
 
     unencodable: bool = False  # values were replaced on reading (proxkit.io.encodable)
+    displaced: bool = False  # input values were moved to metadata.prox.displaced
 
     @property
     def dropped(self) -> bool:
@@ -82,26 +83,26 @@ def _metadata(document: Document) -> dict[str, Any]:
     return {} if metadata is None else {"source_metadata": metadata}
 
 
-def _kept_from_input(document: Document, metadata: dict[str, Any], fields: Fields) -> dict:
-    """What metadata.prox keeps of the input: values replaced on reading, and input values
-    moved out of the places the ProX layout needs (see the module's docstring)."""
-    record = document.record
-    kept: dict[str, list[Any]] = {"unencodable": [], "displaced": []}
-    previous = metadata.get("prox")
+def _carried(document: Document) -> dict[str, list[Any]]:
+    """What an earlier refinement kept aside of its input, when the record is one."""
+    metadata = document.record.get("metadata")
+    previous = metadata.get("prox") if isinstance(metadata, dict) else None
+    if not (refined_before(document.record) and _ours(previous)):
+        return {}
+    return {name: previous[name] for name in CARRIED if isinstance(previous.get(name), list)}
+
+
+def _displaced(document: Document, metadata: dict[str, Any], fields: Fields) -> list[dict]:
+    """Input values standing where the layout writes, moved aside (see the module's docstring)."""
+    record, target = document.record, refined_field(fields)
     again = refined_before(record)
-    if again and _ours(previous):
-        for name in CARRIED:
-            if isinstance(previous.get(name), list):
-                kept[name] += previous[name]
-    target = refined_field(fields)
+    previous = metadata.get("prox")
     moved = [
         ("metadata.prox", "prox" in metadata and not (again and _ours(previous)), previous),
         (RAW, not again and RAW in record and fields.text != RAW, record.get(RAW)),
         (target, not again and target != fields.text and target in record, record.get(target)),
     ]
-    kept["displaced"] += [{"field": f, "value": v} for f, present, v in moved if present]
-    kept["unencodable"] += document.unencodable
-    return {name: entries for name, entries in kept.items() if entries}
+    return [{"field": name, "value": value} for name, present, value in moved if present]
 
 
 def assemble(
@@ -127,7 +128,12 @@ def assemble(
         text = original
 
     metadata = _metadata(document)
-    kept = _kept_from_input(document, metadata, fields)
+    carried = _carried(document)
+    displaced = _displaced(document, metadata, fields)
+    kept = {
+        "unencodable": [*carried.get("unencodable", []), *document.unencodable],
+        "displaced": [*carried.get("displaced", []), *displaced],
+    }
     if doc_program is not None:
         metadata["doc_program"] = doc_program
     if chunk_program is not None:
@@ -138,7 +144,7 @@ def assemble(
     if chunk_result is not None:
         prox["chunk"] = chunk_result.to_metadata()
     prox.update(info or {})
-    prox.update(kept)
+    prox.update({name: entries for name, entries in kept.items() if entries})
     metadata["prox"] = prox
 
     record = dict(document.record)
@@ -147,4 +153,12 @@ def assemble(
     record[refined_field(fields)] = text
     record[RAW] = original
     record["metadata"] = metadata
-    return Refined(record, original, text, doc_result, chunk_result, bool(document.unencodable))
+    return Refined(
+        record,
+        original,
+        text,
+        doc_result,
+        chunk_result,
+        bool(document.unencodable),
+        bool(displaced),
+    )
