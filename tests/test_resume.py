@@ -451,13 +451,17 @@ def test_resumed_and_ranked_parquet_runs_give_the_bytes_of_one_run(varied, tmp_p
 
 
 def test_a_signal_while_workers_start_prints_no_worker_traceback(small_corpus, tmp_path):
-    for attempt, delay in enumerate((0.6, 0.8, 1.0, 1.2, 1.4)):
+    for attempt, delay in enumerate((0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)):
+        output = tmp_path / f"out{attempt}"
         process = subprocess.Popen(
-            command(small_corpus, tmp_path / f"out{attempt}", "--workers", "2"),
+            command(small_corpus, output, "--workers", "2"),
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C hits
         )
+        # Once the run has planned its units, its worker processes are about to start.
+        manifest = output / "_prox" / "run.json"
+        _wait_for(lambda m=manifest, p=process: m.exists() or p.poll() is not None)
         time.sleep(delay)
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)

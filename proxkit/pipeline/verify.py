@@ -231,7 +231,9 @@ class Audit:
             programs[stage] = program
         original = original_text(document)
         config = self.config
-        doc = execute_doc(original, programs["doc"], config.mode) if programs["doc"] else None
+        doc = None
+        if programs["doc"] is not None:
+            doc = execute_doc(original, programs["doc"], config.mode)
         chunk = None
         if programs["chunk"] is not None and (doc is None or not doc.dropped):
             chunk = execute_chunk(original, programs["chunk"], config.mode, config.thresholds)
