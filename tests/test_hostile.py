@@ -661,7 +661,7 @@ def test_a_column_type_is_never_left_empty_by_a_full_disk(tmp_path):
         assert FieldKinds(columns).kinds["extra"] == "int64"
 
 
-@pytest.mark.parametrize(("fmt", "shares"), [("parquet", (0.3, 0.6, 0.9)), ("jsonl.gz", (0.5,))])
+@pytest.mark.parametrize(("fmt", "shares"), [("parquet", (0.4, 0.8)), ("jsonl.gz", (0.5,))])
 def test_a_full_disk_stops_the_run_cleanly_and_the_same_command_resumes(
     three_files, tmp_path, fmt, shares
 ):
