@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -213,16 +212,14 @@ def prompts(
 
 @app.command()
 def verify(
-    output: Annotated[Path, typer.Argument(help="A folder written by prox refine or execute.")],
+    output: Annotated[Path, typer.Argument(help="A folder or file written by refine or execute.")],
 ) -> None:
-    """Check that every input record ended in exactly one output record or reject."""
+    """Audit a run: re-read its inputs and every output file, re-execute the stored programs,
+    and check that every input record ended in exactly one output record or reject."""
     from proxkit.pipeline.verify import verify as check
 
-    report = _attempt((FileNotFoundError, ValueError), check, output)
-    _say(
-        f"{report.complete_units}/{report.units} units complete; {report.input_records:,} input records, "
-        f"{report.output_records:,} output records, {report.rejected:,} rejected"
-    )
+    report = _attempt((FileNotFoundError, ValueError), check, output, sys.stderr.isatty())
+    _say(report.summary())
     for problem in report.problems:
         _alert("problem", problem)
     if not report.ok:
@@ -242,7 +239,8 @@ def report(**flags: Any) -> None:
     run_of = (config.output, config.sample, config.seed, config.group_by)
     data = _attempt((NotARun, FileNotFoundError), collect, *run_of)
     html = config.html_file()
-    html.write_text(render(data), encoding="utf-8")
+    why = f"cannot write the report to {html} (choose another with --html): "
+    _attempt(OSError, html.write_text, render(data), "utf-8", what=why)
     _say(
         f"{data.documents:,} documents, {len(data.sample)} in the sample -> {html} "
         f"({html.stat().st_size / 1e6:.1f} MB)"
@@ -251,12 +249,10 @@ def report(**flags: Any) -> None:
 
 def _views(config: InspectConfig) -> Iterator[Any]:
     """The documents of a run that `prox inspect` was asked for, as diff views."""
-    from proxkit.report.collect import read_records
+    from proxkit.report.collect import read_records, run_config, run_fields
     from proxkit.report.diff import document_view
 
-    stored = RunPaths.for_output(config.output).config
-    run = (yaml.safe_load(stored.read_text(encoding="utf-8")) if stored.exists() else None) or {}
-    fields = Fields(run.get("text_field", "text"), run.get("id_field", "id"))
+    fields = run_fields(run_config(config.output))
     views = (document_view(r, fields.text, fields.id) for r in read_records(config.output, fields))
     return (view for view in views if config.wants(view))
 

@@ -28,8 +28,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from proxkit.config import ConfigError, RefineConfig
-from proxkit.io.readers import Document
+from proxkit.io.readers import Document, Fields
 from proxkit.pipeline.batch import BatchOutput, build_processor, close_programmers
+from proxkit.pipeline.records import refined_field
 
 try:
     from datatrove.data import Document as DatatroveDocument
@@ -92,7 +93,7 @@ class ProxRefiner(PipelineStep):
                 yield document
                 continue
             record = next(records)
-            document.text = record[self.config.text_field]
+            document.text = record[refined_field(Fields(self.config.text_field))]
             document.metadata = {**record["metadata"], "raw_content": record["raw_content"]}
             if _dropped(record) and self.dropped == "exclude":
                 if writer is not None:

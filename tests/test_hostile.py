@@ -13,6 +13,7 @@ come back as it was read. Property tests check the encoding policy and the Parqu
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -20,6 +21,8 @@ import math
 import random
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +36,7 @@ from hypothesis import strategies as st
 from proxkit.io.columns import OVERFLOW, FieldKinds, arrow_type, decode_row, encode_rows
 from proxkit.io.encodable import SURROGATES, clean_record, json_line
 from proxkit.io.readers import Document, Fields, Reject, read_file
+from proxkit.pipeline.records import original_text
 
 pytestmark = pytest.mark.slow
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
@@ -212,8 +216,7 @@ def check_run(inputs: Path, output: Path, fmt: str, result: subprocess.Completed
         if fmt == "parquet":  # a missing field and a null read back alike
             expected, got = without_nulls(expected), without_nulls(got)
         assert got.keys() == expected.keys() and all(same(got[k], expected[k]) for k in got)
-        original = document.record.get("raw_content")
-        assert written["raw_content"] == (original if isinstance(original, str) else document.text)
+        assert written["raw_content"] == original_text(document)
         source = document.record.get("metadata")
         if isinstance(source, dict):
             assert all(same(written["metadata"].get(k), v) for k, v in source.items())
@@ -340,3 +343,355 @@ def test_any_records_round_trip_through_parquet_columns(rows):
         assert {k: v for k, v in decoded.items() if v is not None} == {
             k: v for k, v in original.items() if v is not None
         }
+
+
+# -- fields of the ProX layout already in the input, and re-refining prox output ----------------
+
+RULES = ("--doc-programmer", "rules", "--chunk-programmer", "rules")
+ONE = ("--workers", "1", "-q")  # where the number of workers does not matter: no pool to start
+
+
+def prox(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxkit.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def records_of(output: Path, fields: Fields = Fields()) -> list[dict]:
+    """What proxkit reads back from an output (a missing field and a null alike)."""
+    shards = [output] if output.is_file() else sorted(output.glob("part-*"))
+    return [
+        without_nulls(i.record)
+        for shard in shards
+        for i in read_file(str(shard), fields)
+        if isinstance(i, Document)
+    ]
+
+
+def audit(output: Path) -> None:
+    from proxkit.pipeline.verify import verify
+
+    report = verify(output)
+    assert report.ok, report.problems
+
+
+@pytest.fixture(scope="module")
+def colliding(tmp_path_factory) -> Path:
+    """Example pages whose records already hold fields the ProX layout writes."""
+    from conftest import example_records
+
+    folder = tmp_path_factory.mktemp("colliding")
+    records = []
+    for i, page in enumerate(example_records()[:24]):
+        record = {"id": page["id"], "text": page["text"]}
+        if i % 4 == 0:
+            record["raw_content"] = f"<html>the page {i} as it was crawled</html>"
+        elif i % 4 == 1:
+            record["metadata"] = {"prox": "a note of the corpus's own", "lang": "en"}
+        elif i % 4 == 2:
+            record["_prox_overflow"] = {"theirs": i}
+        records.append(record)
+    write_lines(folder / "in.jsonl", [json.dumps(r).encode() for r in records])
+    return folder
+
+
+@pytest.mark.parametrize(("fmt", "workers"), [("jsonl", 1), ("parquet", 2)])
+def test_input_fields_the_layout_needs_are_moved_never_lost(colliding, tmp_path, fmt, workers):
+    out = tmp_path / "out"
+    result = prox("refine", colliding, "-o", out, *RULES, "--output-format", fmt,
+                  "--workers", workers, "-q")  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    if fmt == "parquet":
+        for shard in out.glob("part-*"):
+            pq.read_table(shard)  # one column per name
+    inputs = [json.loads(line) for line in (colliding / "in.jsonl").read_text().splitlines()]
+    written = records_of(out)
+    assert len(written) == len(inputs) == 24
+    for i, (source, record) in enumerate(zip(inputs, written)):
+        prox_notes = record["metadata"]["prox"]
+        assert record["raw_content"] == source["text"]  # programs ran on the text field
+        displaced = prox_notes.get("displaced", [])
+        if i % 4 == 0:
+            assert displaced == [{"field": "raw_content", "value": source["raw_content"]}]
+        elif i % 4 == 1:
+            assert displaced == [{"field": "metadata.prox", "value": "a note of the corpus's own"}]
+            assert record["metadata"]["lang"] == "en" and prox_notes["mode"] == "strict"
+        else:
+            assert displaced == []
+        if i % 4 == 2:
+            assert record["_prox_overflow"] == {"theirs": i}
+    assert any(r["text"] not in ("", r["raw_content"]) for r in written)  # really refined
+    assert json.loads((out / "stats.json").read_text())["records_with_displaced_fields"] == 12
+    audit(out)
+
+    # Re-refining the output (the README's `prox refine OUT -o OUT2`, `prox execute OUT -o NEW`)
+    # starts again from raw_content and keeps what the first run kept aside.
+    again, executed = tmp_path / "again", tmp_path / "executed"
+    assert prox("refine", out, "-o", again, *RULES, *ONE, "--output-format", fmt).returncode == 0
+    (tmp_path / "format.yaml").write_text(f"output_format: {fmt}\n")  # execute has no flag for it
+    assert (
+        prox("execute", out, "-o", executed, "--config", tmp_path / "format.yaml").returncode == 0
+    )
+    for other in (again, executed):
+        assert records_of(other) == written
+        stats = json.loads((other / "stats.json").read_text())
+        assert (stats["rejected"], stats["records_with_displaced_fields"]) == (0, 0)  # carried
+        audit(other)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_text_field_raw_content_keeps_the_original_and_the_refinement(colliding, tmp_path, fmt):
+    pages = [json.loads(line) for line in (colliding / "in.jsonl").read_text().splitlines()][:8]
+    layout = [{"raw_content": p["text"], "doc_id": p["id"]} for p in pages]  # RedPajama-V2's
+    layout[3]["text"] = "a text field of the corpus's own"
+    write_lines(tmp_path / "rpv2.jsonl", [json.dumps(r).encode() for r in layout])
+    out = tmp_path / "out"
+    result = prox("refine", tmp_path / "rpv2.jsonl", "-o", out, *RULES, "--text-field",
+                  "raw_content", "--id-field", "doc_id", "--output-format", fmt, *ONE)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    fields = Fields("raw_content", "doc_id")
+    written = records_of(out, fields)
+    plain = tmp_path / "plain"
+    write_lines(tmp_path / "plain.jsonl", [json.dumps(p).encode() for p in pages])
+    assert prox("refine", tmp_path / "plain.jsonl", "-o", plain, *RULES, *ONE).returncode == 0
+    for source, record, reference in zip(layout, written, records_of(plain)):
+        assert record["raw_content"] == source["raw_content"]
+        assert record["text"] == reference["text"]  # the refinement, not the original
+        assert record["metadata"].get("chunk_program") == reference["metadata"].get("chunk_program")
+    assert written[3]["metadata"]["prox"]["displaced"] == [
+        {"field": "text", "value": "a text field of the corpus's own"}
+    ]
+    assert sum(r["text"] != r["raw_content"] for r in written) >= 3
+    audit(out)
+
+
+# -- a run never reads, nor deletes, what it writes ---------------------------------------------
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path):
+    single = tmp_path / "d.jsonl"
+    single.write_text('{"id": "1", "text": "one document"}\n')
+    spark = tmp_path / "spark"
+    spark.mkdir()
+    (spark / "part-00000-3f2a.json").write_text('{"id": "2", "text": "written by Spark"}\n')
+    (spark / "_SUCCESS").write_text("")
+    before = {p: p.read_bytes() for p in (single, spark / "part-00000-3f2a.json")}
+    for source, output in (
+        (single, single),
+        (spark, spark),
+        (spark / "part-00000-3f2a.json", spark),
+    ):
+        result = prox("refine", source, "-o", output, *RULES, "--overwrite", "-q")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"is the output {output} or inside it" in line
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_output_inside_the_input_folder_resumes_and_is_never_read(tmp_path):
+    from proxkit.pipeline.run import RunPaths
+
+    # a folder is resumed by the same command; a finished single file is replaced with --overwrite
+    for output, runs in (
+        ("out", ((), (), ("--overwrite",))),
+        ("one.jsonl", ((), ("--overwrite",))),
+    ):
+        data = tmp_path / output.replace(".", "-")
+        data.mkdir()
+        write_lines(data / "a.jsonl", [b'{"id": "1", "text": "one"}', b"{broken"])
+        for extra in runs:
+            result = prox("refine", data, "-o", data / output, *RULES, *ONE, *extra)
+            assert result.returncode == 0, result.stderr
+            stats = json.loads(RunPaths.for_output(str(data / output)).stats.read_text())
+            assert (stats["documents"], stats["rejected"]) == (1, 1)
+        audit(data / output)
+
+
+def test_a_parquet_string_that_is_not_utf8_rejects_its_row_only(tmp_path):
+    rows = 1200  # past the reader's first batch of 1,024 rows, which one bad string once lost
+    texts = [f"row {i}: The committee met on Tuesday and agreed.".encode() for i in range(rows)]
+    texts[1100] = b"not \xff UTF-8"
+    extra = [b"fine"] * rows
+    extra[10] = b"\xc0 either"
+    table = pa.table(
+        {
+            "id": [str(i) for i in range(rows)],
+            "text": pa.array(texts, pa.binary()).view(pa.string()),
+            "extra": pa.array(extra, pa.binary()).view(pa.string()),
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    for fmt in ("jsonl", "parquet"):
+        out = tmp_path / fmt
+        result = prox(
+            "refine", tmp_path / "in.parquet", "-o", out, *RULES, "--output-format", fmt, *ONE
+        )
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        stats = json.loads((out / "stats.json").read_text())
+        assert (stats["documents"], stats["rejected"]) == (rows - 2, 2)
+        rejects = [
+            json.loads(line) for line in (out / "rejects-00000.jsonl").read_text().splitlines()
+        ]
+        assert [(r["position"], json.loads(r["raw"])) for r in rejects] == [
+            (11, {"id": "10", "text": texts[10].decode(), "extra": "\\xc0 either"}),
+            (1101, {"id": "1100", "text": "not \\xff UTF-8", "extra": "fine"}),
+        ]
+        audit(out)
+
+
+# -- state that survives damage ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_files(tmp_path_factory) -> Path:
+    from conftest import example_records
+
+    folder = tmp_path_factory.mktemp("three")
+    pages = example_records()
+    for part in range(3):
+        lines = [
+            json.dumps({**p, "part": part, f"only_in_{part}": True}).encode()
+            for p in pages[part * 8 : part * 8 + 8]
+        ]
+        lines.insert(3, b"{not json")
+        write_lines(folder / f"part{part}.jsonl", lines)
+    return folder
+
+
+def shard_bytes(output: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(output.glob("part-*"))} | {
+        p.name: p.read_bytes() for p in sorted(output.glob("rejects-*"))
+    }
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "parquet"])
+def test_damaged_state_is_named_and_the_same_command_repairs_it(three_files, tmp_path, fmt):
+    out = tmp_path / "out"
+    command = (
+        "refine",
+        three_files,
+        "-o",
+        out,
+        *RULES,
+        "--output-format",
+        fmt,
+        "--workers",
+        "1",
+        "-q",
+    )
+    assert prox(*command).returncode == 0
+    reference = shard_bytes(out)
+    done = out / "_prox" / "done"
+    damaged = [out / "_prox" / "run.json", done / "unit-00001.json"]
+    for path in damaged:  # a torn write on a crashed network client
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    if fmt == "parquet":
+        column = sorted((out / "_prox" / "columns").glob("*.json"))[0]
+        column.write_bytes(b"")  # what a full disk left before
+        damaged.append(column)
+    (out / f"part-00000-00000.{fmt}").unlink()  # deleted by hand
+    (out / "rejects-00002.jsonl").unlink()
+    named = [*damaged, out / f"part-00000-00000.{fmt}", out / "rejects-00002.jsonl"]
+
+    verified = prox("verify", out)
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr
+    for path in named:
+        assert str(path) in verified.stderr, (path, verified.stderr)
+    for command_name in ("report", "inspect"):
+        shown = prox(command_name, out, *(["--no-pager"] if command_name == "inspect" else []))
+        assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+        assert (
+            str(out / "_prox" / "run.json") in shown.stderr and len(shown.stderr.splitlines()) == 1
+        )
+
+    repaired = prox(*command)
+    assert repaired.returncode == 0 and "Traceback" not in repaired.stderr, repaired.stderr
+    for path in named:
+        assert str(path) in repaired.stderr  # each named in a note
+    assert shard_bytes(out) == reference
+    assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+    assert prox("verify", out).returncode == 0
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def small_filesystem(path: Path, size: int) -> Iterator[Callable[[int], None]]:
+    """A tmpfs of `size` bytes mounted at `path`; yields a function that resizes it."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            "a full disk needs a small file system: mounting a tmpfs needs root "
+            f"(CAP_SYS_ADMIN) ({mounted.stderr.strip()})"
+        )
+
+    def resize(new_size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_column_type_is_never_left_empty_by_a_full_disk(tmp_path):
+    from proxkit.io.columns import FieldKinds
+
+    with small_filesystem(tmp_path / "disk", 8192):
+        columns = tmp_path / "disk" / "columns"
+        columns.mkdir()
+        filler = tmp_path / "disk" / "filler"
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:  # fill the disk to the last byte
+                handle.write(b"x" * 512)
+        with pytest.raises(OSError, match="No space left"):
+            FieldKinds(columns).decide("extra", 1)
+        assert list(columns.iterdir()) == []  # no empty type file, no temporary one
+        filler.unlink()
+        assert FieldKinds(columns).decide("extra", 1) == "int64"
+        assert FieldKinds(columns).kinds["extra"] == "int64"
+
+
+@pytest.mark.parametrize(("fmt", "shares"), [("parquet", (0.4, 0.8)), ("jsonl.gz", (0.5,))])
+def test_a_full_disk_stops_the_run_cleanly_and_the_same_command_resumes(
+    three_files, tmp_path, fmt, shares
+):
+    from proxkit.io.columns import FieldKinds
+
+    command = (*RULES, "--output-format", fmt, "--workers", "1", "-q")
+    reference = tmp_path / "reference"
+    assert prox("refine", three_files, "-o", reference, *command).returncode == 0
+    used = sum(4096 * -(-p.stat().st_size // 4096) for p in reference.rglob("*") if p.is_file())
+    used += 4096 * sum(1 for p in reference.rglob("*") if p.is_dir())
+    failures = 0
+    for share in shares:
+        disk = tmp_path / f"disk-{share}"
+        with small_filesystem(disk, int(used * share) // 4096 * 4096) as resize:
+            out = disk / "out"
+            result = prox("refine", three_files, "-o", out, *command)
+            if result.returncode == 0:
+                continue  # it fitted
+            failures += 1
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert "No space left on device" in result.stderr
+            assert "run the same command to resume" in result.stderr
+            assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+            assert FieldKinds(out / "_prox" / "columns").damaged == []
+            for record in (out / "_prox" / "done").glob("*.json"):
+                assert all((out / n).is_file() for n in json.loads(record.read_text())["files"])
+            resize(used * 4)
+            resumed = prox("refine", three_files, "-o", out, *command)
+            assert resumed.returncode == 0, resumed.stderr
+            assert shard_bytes(out) == shard_bytes(reference)
+            assert not [p for p in out.rglob("*") if p.name.endswith((".partial", ".tmp"))]
+            audit(out)
+    assert failures, "no disk was small enough to fill"

@@ -147,3 +147,166 @@ def test_zstd_files_of_several_frames_read_whole_and_a_truncated_one_says_so(tmp
     cut = list(read_file(str(tmp_path / "cut.jsonl.zst")))
     assert isinstance(cut[-1], Reject) and "truncated" in cut[-1].reason
     assert 0 < len(cut) - 1 < 3000
+
+
+def test_a_byte_order_mark_before_a_blank_line_is_no_reject(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf\n{"id": "1", "text": "after the blank"}\n')
+    documents, rejects = collect(str(tmp_path / "bom.jsonl"))
+    assert rejects == [] and [(d.id, d.position) for d in documents] == [("1", 2)]
+
+
+def _invalid_strings(values: list[bytes]) -> pa.Array:
+    """A Parquet string column holding bytes that are not UTF-8 (as real files do)."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+def test_invalid_utf8_in_parquet_rejects_only_its_rows(tmp_path):
+    count = 3000
+    texts = [f"document {i}".encode() for i in range(count)]
+    texts[1500] = b"bad \xff byte"
+    urls = [f"https://example.org/{i}".encode() for i in range(count)]
+    urls[2500] = b"https://example.org/\xe9t\xe9"
+    tags = pa.ListArray.from_arrays(
+        list(range(count + 1)),
+        _invalid_strings([b"ok"] * 99 + [b"\xc3("] + [b"ok"] * (count - 100)),
+    )
+    table = pa.table(
+        {"id": [str(i) for i in range(count)], "text": _invalid_strings(texts),
+         "url": _invalid_strings(urls), "tags": tags}
+    )  # fmt: skip
+    pq.write_table(table, tmp_path / "p.parquet")
+    documents, rejects = collect(str(tmp_path / "p.parquet"))
+    assert len(documents) == count - 3
+    assert [(r.position, r.reason) for r in rejects] == [
+        (100, "column 'tags' is not valid UTF-8 (byte 0xc3 at 0)"),
+        (1501, "column 'text' is not valid UTF-8 (byte 0xff at 4)"),
+        (2501, "column 'url' is not valid UTF-8 (byte 0xe9 at 20)"),
+    ]
+    assert json.loads(rejects[1].raw) == {
+        "id": "1500", "text": "bad \\xff byte", "url": "https://example.org/1500", "tags": ["ok"]
+    }  # fmt: skip
+    assert [d.position for d in documents[1497:1500]] == [1499, 1500, 1502]
+
+
+def test_parquet_values_json_has_no_type_for_are_converted_and_noted(tmp_path):
+    import datetime
+    import decimal
+
+    table = pa.table(
+        {
+            "text": ["a", "b"],
+            "blob": pa.array([b"\x00\xffbytes", None], pa.binary()),
+            "when": pa.array([1_700_000_000_123_456_789, 0], pa.timestamp("ns", tz="UTC")),
+            "day": pa.array([datetime.date(2024, 5, 1), None]),
+            "price": pa.array([decimal.Decimal("1.50"), decimal.Decimal("-0.01")]),
+            "pairs": pa.array([[("k", 1)], []], pa.map_(pa.string(), pa.int64())),
+            "nested": pa.array([{"b": b"x"}, {"b": None}], pa.struct([("b", pa.binary())])),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    (first, second), rejects = collect(str(tmp_path / "t.parquet"))
+    assert rejects == []
+    assert first.record == {
+        "text": "a",
+        "blob": "AP9ieXRlcw==",
+        "when": "2023-11-14 22:13:20.123456789Z",
+        "day": "2024-05-01",
+        "price": "1.50",
+        "pairs": [["k", 1]],
+        "nested": {"b": "eA=="},
+    }
+    assert list(first.unencodable) == [
+        {"path": "/blob", "arrow_type": "binary"},
+        {"path": "/when", "arrow_type": "timestamp[ns, tz=UTC]"},
+        {"path": "/day", "arrow_type": "date32[day]"},
+        {"path": "/price", "arrow_type": "decimal128(3, 2)"},
+        {"path": "/pairs", "arrow_type": "map<string, int64 ('pairs')>"},
+        {"path": "/nested", "arrow_type": "struct<b: binary>"},
+    ]
+    assert [n["path"] for n in second.unencodable] == ["/when", "/price", "/pairs", "/nested"]
+
+
+def test_a_parquet_file_with_two_columns_of_one_name_is_one_clear_reject(tmp_path):
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"])
+    pq.write_table(table, tmp_path / "twice.parquet")
+    documents, (reject,) = collect(str(tmp_path / "twice.parquet"))
+    assert documents == [] and "several columns named 'text'" in reject.reason
+
+
+def test_folders_leave_out_what_prox_runs_write_beside_their_records(tmp_path):
+    run = tmp_path / "out"
+    (run / "_prox" / "done").mkdir(parents=True)
+    for name in ("_prox/run.json", "_prox/done/unit-00000.json", "stats.json"):
+        (run / name).write_text("{}")
+    write_jsonl(run / "rejects-00000.jsonl", [{"reason": "x"}])
+    write_jsonl(run / "part-00000-00000.jsonl", RECORDS)
+    write_jsonl(tmp_path / "single.jsonl", RECORDS)
+    write_jsonl(tmp_path / "single.rejects.jsonl", [{"reason": "x"}])
+    (tmp_path / "single.stats.json").write_text("{}")
+    (tmp_path / "single.config.yaml").write_text("inputs: []\n")
+    write_jsonl(tmp_path / "own.rejects.jsonl", RECORDS)  # no own.config.yaml: a user's file
+    found = [Path(p).relative_to(tmp_path).as_posix() for p in list_files(str(tmp_path))]
+    assert found == ["out/part-00000-00000.jsonl", "own.rejects.jsonl", "single.jsonl"]
+    assert list_files(str(run / "stats.json")) == [str(run / "stats.json")]  # named: read
+    assert [Path(p).name for p in list_files(str(run / "*.json*"))] == ["part-00000-00000.jsonl"]
+    kept = list_files(str(tmp_path), exclude=[run, tmp_path / "single.jsonl"])
+    assert [Path(p).name for p in kept] == ["own.rejects.jsonl"]
+
+
+def test_parquet_columns_follow_the_file_not_the_order_types_were_claimed(tmp_path):
+    from proxkit.io.columns import FieldKinds
+
+    rows = [{"text": "x", "b": 1, "a": None}, {"a": "late", "text": "y", "_prox_overflow": [1]}]
+    outputs = []
+    for order in (["a", "b", "text"], ["text", "b", "a"]):
+        folder = tmp_path / "-".join(order)
+        kinds = FieldKinds(folder / "columns")
+        for name in order:  # other units or ranks claimed these types first, in this order
+            kinds.decide(name, {"a": "s", "b": 2, "text": "t"}[name])
+        with RecordWriter(folder / "out", "parquet", kinds=FieldKinds(folder / "columns")) as w:
+            for row in rows:
+                w.write(row)
+        (path,) = w.paths
+        outputs.append(path.read_bytes())
+        assert pq.read_table(path).column_names == ["text", "b", "a", "_prox_overflow"]
+        documents, _ = collect(str(path))
+        assert [d.record for d in documents] == [
+            {"text": "x", "b": 1, "a": None},
+            {"text": "y", "b": None, "a": "late", "_prox_overflow": [1]},
+        ]
+    assert outputs[0] == outputs[1]
+
+
+def test_a_damaged_column_type_file_is_named_and_rebuilt(tmp_path):
+    from proxkit.io.columns import FieldKinds
+
+    kinds = FieldKinds(tmp_path)
+    kinds.decide("extra", 5)
+    kinds.path("extra").write_text("")  # a full disk once left such files
+    reloaded = FieldKinds(tmp_path)
+    (damaged,) = reloaded.damaged
+    assert damaged.path == kinds.path("extra") and "is damaged (empty)" in str(damaged)
+    assert "extra" not in reloaded.kinds
+    reloaded.restore({"extra": "int64"})
+    assert FieldKinds(tmp_path).kinds["extra"] == "int64" and not FieldKinds(tmp_path).damaged
+
+
+def test_state_files_appear_whole_and_failed_writes_leave_nothing(tmp_path):
+    from proxkit.io.atomic import create_once, write_atomically
+    from proxkit.io.rejects import RejectLog
+
+    target = tmp_path / "state.json"
+    write_atomically(target, b"old")
+    with pytest.raises(TypeError):
+        write_atomically(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert create_once(tmp_path / "once", b"first") and not create_once(tmp_path / "once", b"2")
+    assert (tmp_path / "once").read_bytes() == b"first"
+    with pytest.raises(RuntimeError), RejectLog(tmp_path / "rejects.jsonl") as log:
+        log.add(Reject("in.jsonl", 1, "invalid JSON", "{"))
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), RecordWriter(tmp_path / "o", "jsonl", max_bytes=10) as w:
+        for i in range(5):
+            w.write({"id": str(i), "text": "some text"})  # several shards completed
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["o", "once", "state.json"]

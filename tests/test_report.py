@@ -222,3 +222,64 @@ def test_the_report_in_headless_chromium(stored_run, tmp_path):
         browser.close()
     assert messages == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory) -> Path:
+    """Records as real crawls hold them: URLs Python's parser refuses, ids of every JSON type."""
+    folder = tmp_path_factory.mktemp("odd")
+    urls = [
+        "http://[::1/x",
+        "http://exa\uff03mple.com/page",
+        "https://ｅｘａｍｐｌｅ．com/a",
+        "no url",
+    ]
+    ids = [42, True, {"a": 1}, 1.5]
+    with (folder / "in.jsonl").open("w") as handle:
+        for record_id, url in zip(ids, urls):
+            record = {"id": record_id, "text": PAGE, "url": url}
+            record["metadata"] = {"doc_program": "keep_doc()", "chunk_program": "keep_doc()"}
+            handle.write(json.dumps(record) + "\n")
+    config = RefineConfig(
+        inputs=(str(folder / "in.jsonl"),), output=str(folder / "out"), doc_programmer="stored",
+        chunk_programmer="stored", workers=1,
+    )  # fmt: skip
+    run(config, progress=False)
+    return folder / "out"
+
+
+def test_the_report_reads_urls_python_refuses(odd_run, tmp_path):
+    data = collect(str(odd_run))
+    assert sorted(data.groups) == sorted(
+        ["[::1", "exa\uff03mple.com", "ｅｘａｍｐｌｅ．com", "no url"]
+    )
+    result = run_prox("report", str(odd_run), "--html", str(tmp_path / "r.html"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_inspect_finds_ids_by_their_json_text(odd_run):
+    for wanted in ("42", "true", '{"a": 1}', "1.5"):
+        result = run_prox("inspect", str(odd_run), "--id", wanted, "--no-pager")
+        assert result.returncode == 0, (wanted, result.stderr)
+        assert result.stdout.count("╭") == 1
+    python_text = run_prox("inspect", str(odd_run), "--id", "True", "--no-pager")
+    assert python_text.returncode == 1 and "no document with id True" in python_text.stderr
+
+
+def test_a_report_that_cannot_be_written_is_one_clear_line(odd_run, tmp_path):
+    readonly = tmp_path / "readonly"
+    shutil.copytree(odd_run, readonly)
+    bound = subprocess.run(["mount", "--bind", str(readonly), str(readonly)], capture_output=True)
+    if bound.returncode != 0:
+        pytest.skip("a read-only output needs a read-only bind mount (root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(readonly)], check=True)
+        result = run_prox("report", str(readonly))
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert f"cannot write the report to {readonly / 'report.html'}" in line
+    assert "Read-only file system" in line and "--html" in line

@@ -408,3 +408,86 @@ def test_workers_do_not_outlive_a_killed_run(small_corpus, tmp_path):
             return False
 
     _wait_for(lambda: not any(alive(pid) for pid in workers), seconds=5)
+
+
+# --- Parquet bytes, signals while workers start, single output files ---------------------------
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory) -> Path:
+    """5 small files whose records bring fields of their own (file k: `only_in_k`), so the order
+    in which a run meets fields differs from the order of their hashed type files."""
+    folder = tmp_path_factory.mktemp("varied")
+    records = example_records()
+    for part in range(5):
+        with (folder / f"part{part}.jsonl").open("w") as out:
+            for record in records[part * 12 : part * 12 + 12]:
+                fields = {f"only_in_{part}": part, "shared": record["url"], "part": part}
+                out.write(json.dumps({**record, **fields}) + "\n")
+    return folder
+
+
+def parquet_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("part-*"))}
+
+
+def test_resumed_and_ranked_parquet_runs_give_the_bytes_of_one_run(varied, tmp_path):
+    parquet = ("--output-format", "parquet")
+    whole = tmp_path / "whole"
+    subprocess.run(command(varied, whole, *parquet), check=True, timeout=600)
+    ranked = tmp_path / "ranked"
+    for rank in ("1", "0"):  # the later files first: their fields are met first
+        extra = (*parquet, "--rank", rank, "--world-size", "2")
+        subprocess.run(command(varied, ranked, *extra), check=True, timeout=600)
+    resumed = tmp_path / "resumed"
+    subprocess.run(command(varied, resumed, *parquet), check=True, timeout=600)
+    for unit in ("00001", "00003", "00004"):  # as a kill leaves it: types kept, units undone
+        (resumed / "_prox" / "done" / f"unit-{unit}.json").unlink()
+        for shard in resumed.glob(f"part-{unit}-*"):
+            shard.unlink()
+    subprocess.run(command(varied, resumed, *parquet, "--workers", "2"), check=True, timeout=600)
+    assert len(parquet_bytes(whole)) == 5
+    assert parquet_bytes(ranked) == parquet_bytes(whole) == parquet_bytes(resumed)
+
+
+def test_a_signal_while_workers_start_prints_no_worker_traceback(small_corpus, tmp_path):
+    for attempt, delay in enumerate((0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)):
+        output = tmp_path / f"out{attempt}"
+        process = subprocess.Popen(
+            command(small_corpus, output, "--workers", "2"),
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C hits
+        )
+        # Once the run has planned its units, its worker processes are about to start.
+        manifest = output / "_prox" / "run.json"
+        _wait_for(lambda m=manifest, p=process: m.exists() or p.poll() is not None)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert "Traceback" not in stderr, stderr
+        assert process.returncode in (0, 130), stderr
+
+
+def test_a_failed_single_output_file_is_written_by_the_same_command(corpus, tmp_path):
+    import resource
+
+    def small_disk() -> None:  # full after the first batch and its reject are written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with gzip.open(corpus / "part0.jsonl.gz", "rt") as handle:
+        (inputs / "a.jsonl").write_text("{not json\n" + handle.read())
+    output = tmp_path / "out.jsonl.gz"
+    first = subprocess.run(
+        command(inputs, output), capture_output=True, text=True, preexec_fn=small_disk, timeout=600
+    )
+    assert first.returncode == 1 and "run the same command" in first.stderr
+    assert f"rejected {inputs / 'a.jsonl'}:1: invalid JSON" in first.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out.jsonl.gz.lock"]
+    again = subprocess.run(command(inputs, output), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert len(gzip.decompress(output.read_bytes()).splitlines()) == 640
+    assert prox_verify(output).returncode == 0

@@ -11,6 +11,11 @@ object keys):
   (`"caf\\udce9"`, `NaN`), in `metadata.prox.unencodable`: a list of `{"path": JSON Pointer,
   "original": JSON text}` (`"original_key"` for a key; a key that cleans to one already there
   keeps its value aside in the entry), so `json.loads` gives the exact value.
+Parquet values of types JSON has no form for are converted where they are read
+(`readers.py`) and noted in the same list as `{"path": "/column", "arrow_type": "..."}`:
+binary as base64 text, timestamps, dates, times, durations and decimals as Arrow's text of them
+(`2024-05-01 12:00:00.000000Z`, `1.50`), map entries as `[key, value]` pairs; the Arrow type
+says how to read the value back exactly.
 Programs run on the cleaned text, `raw_content` is the cleaned original, every output file is
 valid UTF-8 (JSONL) or valid Parquet, and the records changed are counted in the summary and
 `stats.json` (`records_with_unencodable_values`).
@@ -41,7 +46,7 @@ def _string(value: str, path: str, found: Unencodable) -> str:
     return SURROGATES.sub(REPLACEMENT, value)
 
 
-def _pointer(path: str, token: str | int) -> str:
+def pointer(path: str, token: str | int) -> str:
     return f"{path}/{str(token).replace('~', '~0').replace('/', '~1')}"
 
 
@@ -59,15 +64,15 @@ def _clean(value: Any, path: str, found: Unencodable) -> Any:
             name = key
             if isinstance(key, str) and _has_surrogates(key):
                 name = SURROGATES.sub(REPLACEMENT, key)
-                entry = {"path": _pointer(path, name), "original_key": json.dumps(key)}
+                entry = {"path": pointer(path, name), "original_key": json.dumps(key)}
                 if name in value or name in cleaned:  # two keys clean to one: keep this value aside
                     found.append({**entry, "original": json.dumps(item, default=str)})
                     continue
                 found.append(entry)
-            cleaned[name] = _clean(item, _pointer(path, name), found)
+            cleaned[name] = _clean(item, pointer(path, name), found)
         return cleaned
     if isinstance(value, list):
-        return [_clean(item, _pointer(path, i), found) for i, item in enumerate(value)]
+        return [_clean(item, pointer(path, i), found) for i, item in enumerate(value)]
     return value
 
 

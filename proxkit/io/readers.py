@@ -2,30 +2,38 @@
 
 Reading never raises on bad data: every input record becomes either a `Document` or a
 `Reject` that names the file, the line (JSONL) or row (Parquet) and the reason, and keeps the
-raw text so nothing is lost (a line that is not UTF-8 keeps its bytes as `\\xNN` escapes). A
-file that cannot be opened, or breaks part-way (a corrupt gzip), yields one file-level `Reject`
-after the records that could be read. Values no writer can carry (lone surrogates, NaN) are
-replaced where a record is read, and kept aside (`encodable.py`).
+raw text so nothing is lost (a line, or a Parquet string, that is not UTF-8 keeps its bytes as
+`\\xNN` escapes). A file that cannot be opened, or breaks part-way (a corrupt gzip), yields one
+file-level `Reject` after the records that could be read. Values no writer can carry (lone
+surrogates, NaN) are replaced where a record is read, and kept aside (`encodable.py`); so are
+Parquet values that JSON has no type for (binary, timestamps, dates, decimals, maps).
+
+Folders are read recursively, except what prox runs write beside their records (`_prox/`,
+`stats.json`, rejects files), so a prox output is read as the records it holds.
 """
 
 from __future__ import annotations
 
+import base64
 import bz2
 import gzip
 import hashlib
 import io
 import json
 import lzma
+import posixpath
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import fsspec
 import zstandard
 
 from proxkit.io.columns import KINDS_KEY, decode_row
-from proxkit.io.encodable import clean_record
+from proxkit.io.encodable import clean_record, pointer
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
@@ -76,6 +84,11 @@ class Reject:
         return record
 
 
+def id_text(value: Any) -> str:
+    """An id as proxkit compares it: a string as it is, any other value as its JSON text."""
+    return value if isinstance(value, str) else _dump(value)
+
+
 def content_id(text: str) -> str:
     """A stable id for records that have none: a hash of the text."""
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
@@ -95,20 +108,57 @@ def record_format(path: str) -> str | None:
     return None
 
 
-def list_files(inputs: str | Sequence[str]) -> list[str]:
+STATE_FOLDER = "_prox"  # a prox output folder's own state (pipeline/units.py)
+GLOB_CHARACTERS = re.compile(r"[*?\[]")
+
+
+def _bookkeeping(fs: Any, path: str, cache: dict[str, bool]) -> bool:
+    """Whether a file found in a folder is what a prox run writes beside its records: its state
+    (`_prox/`), its statistics and rejects (in a folder holding `_prox/`), or those of a
+    single-file output (`NAME.stats.json`, `NAME.rejects.jsonl` beside `NAME.config.yaml`)."""
+    folder, name = posixpath.split(path)
+    if STATE_FOLDER in path.split("/"):
+        return True
+    if name == "stats.json" or (name.startswith("rejects") and name.endswith(".jsonl")):
+        if folder not in cache:
+            cache[folder] = fs.isdir(posixpath.join(folder, STATE_FOLDER))
+        if cache[folder]:
+            return True
+    for suffix in (".stats.json", ".rejects.jsonl"):
+        if name.endswith(suffix):
+            return fs.exists(posixpath.join(folder, name[: -len(suffix)] + ".config.yaml"))
+    return False
+
+
+def _inside(path: str, folders: Sequence[Path]) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved == f or f in resolved.parents for f in folders)
+
+
+def list_files(inputs: str | Sequence[str], exclude: Sequence[Path] = ()) -> list[str]:
     """Expand paths, folders (recursively) and globs into a sorted list of record files.
 
-    An input that matches nothing raises FileNotFoundError: the run cannot go on without it.
+    Folders and globs leave out the files of prox runs' bookkeeping, and local files equal to
+    or inside `exclude` (a run's own output). An input that matches nothing raises
+    FileNotFoundError: the run cannot go on without it.
     """
+    owned = [Path(p).resolve() for p in exclude]
     files: list[str] = []
     for spec in [inputs] if isinstance(inputs, str) else inputs:
         fs, _, paths = fsspec.get_fs_token_paths(spec)
+        local = "://" not in spec or spec.startswith("file://")
+        expanded = GLOB_CHARACTERS.search(spec) is not None
         found: list[str] = []
+        seen: dict[str, bool] = {}
         for path in paths:
             if fs.isdir(path):
-                found.extend(p for p in fs.find(path) if record_format(p))
-            elif fs.exists(path):
+                found.extend(
+                    p for p in fs.find(path) if record_format(p) and not _bookkeeping(fs, p, seen)
+                )
+            elif fs.exists(path) and not (expanded and _bookkeeping(fs, path, seen)):
                 found.append(path)
+        if local and owned:
+            found = [p for p in found if not _inside(p, owned)]
         if not found:
             raise FileNotFoundError(f"no input files match {spec!r}")
         files.extend(fs.unstrip_protocol(p) if "://" in spec else p for p in sorted(found))
@@ -116,10 +166,16 @@ def list_files(inputs: str | Sequence[str]) -> list[str]:
 
 
 def document_from_record(
-    data: object, fields: Fields, source: str, position: int, raw: str | None
+    data: object,
+    fields: Fields,
+    source: str,
+    position: int,
+    raw: str | None,
+    converted: Sequence[dict[str, str]] = (),
 ) -> Document | Reject:
     """Validate one decoded record: an object with a string text field (and maybe an id).
-    An id that is not a string is kept in the record and read as its text (42 -> "42")."""
+    An id that is not a string is kept in the record and read as its JSON text (42 -> "42").
+    `converted`: notes on Parquet values converted to JSON (`read_parquet`)."""
     if not isinstance(data, dict):
         cleaned, unencodable = clean_record({"value": data})
         return Reject(
@@ -130,9 +186,9 @@ def document_from_record(
             unencodable=tuple(unencodable),
         )
     data, found = clean_record(data)
-    unencodable = tuple(found)
+    unencodable = (*converted, *found)
     raw_id = data.get(fields.id)
-    record_id = None if raw_id is None else raw_id if isinstance(raw_id, str) else _dump(raw_id)
+    record_id = None if raw_id is None else id_text(raw_id)
     text = data.get(fields.text)
     if text is None:
         reason = (
@@ -243,10 +299,10 @@ def read_jsonl(
         with open_decompressed(path) as handle:
             lines = _lines_in_range(handle, start, stop) if start or stop is not None else handle
             for position, line in enumerate(lines, start=first_line):
-                if not line.strip():
-                    continue
                 if position == 1 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]  # a byte order mark opens the file, not the record
+                if not line.strip():
+                    continue
                 try:
                     text = line.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -270,6 +326,135 @@ def read_jsonl(
         yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")
 
 
+def _json_native(kind: Any) -> bool:
+    """Whether pyarrow gives values of this Arrow type as JSON values (str, int, list, ...)."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_null(kind) or t.is_boolean(kind) or t.is_integer(kind) or t.is_floating(kind):
+        return True
+    if t.is_string(kind) or t.is_large_string(kind):
+        return True
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return _json_native(kind.value_type)
+    if t.is_struct(kind):
+        return all(_json_native(kind.field(i).type) for i in range(kind.num_fields))
+    return False
+
+
+def _readable_type(kind: Any) -> Any:
+    """The type a column is cast to before it becomes Python values: strings as bytes (so
+    invalid UTF-8 is found value by value), timestamps, dates, times, durations and decimals
+    as Arrow's text of them; binary stays binary."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_string(kind):
+        return pa.binary()
+    if t.is_large_string(kind):
+        return pa.large_binary()
+    if t.is_temporal(kind) or t.is_decimal(kind):
+        return pa.string()
+    if t.is_dictionary(kind):
+        return _readable_type(kind.value_type)
+    if t.is_list(kind):
+        return pa.list_(_readable_type(kind.value_type))
+    if t.is_large_list(kind):
+        return pa.large_list(_readable_type(kind.value_type))
+    if t.is_fixed_size_list(kind):
+        return pa.list_(_readable_type(kind.value_type))
+    if t.is_map(kind):
+        return pa.map_(_readable_type(kind.key_type), _readable_type(kind.item_type))
+    if t.is_struct(kind):
+        return pa.struct(
+            [
+                pa.field(f.name, _readable_type(f.type))
+                for f in (kind.field(i) for i in range(kind.num_fields))
+            ]
+        )
+    return kind
+
+
+def _from_arrow(value: Any, kind: Any, strict: bool) -> Any:
+    """A value of `_readable_type(kind)` as the JSON value proxkit reads: strings decoded
+    (`strict`: raising UnicodeDecodeError, else with `\\xNN` escapes), binary as base64 text,
+    map entries as [key, value] pairs."""
+    import pyarrow as pa
+
+    t = pa.types
+    if value is None:
+        return None
+    if t.is_dictionary(kind):
+        return _from_arrow(value, kind.value_type, strict)
+    if t.is_string(kind) or t.is_large_string(kind):
+        return value.decode("utf-8") if strict else value.decode("utf-8", "backslashreplace")
+    if t.is_binary(kind) or t.is_large_binary(kind) or t.is_fixed_size_binary(kind):
+        return base64.b64encode(value).decode("ascii")
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return [_from_arrow(v, kind.value_type, strict) for v in value]
+    if t.is_map(kind):
+        return [
+            [_from_arrow(k, kind.key_type, strict), _from_arrow(v, kind.item_type, strict)]
+            for k, v in value
+        ]
+    if t.is_struct(kind):
+        return {
+            f.name: _from_arrow(value[f.name], f.type, strict)
+            for f in (kind.field(i) for i in range(kind.num_fields))
+        }
+    return value
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    values: list[Any]
+    noted: str | None  # the Arrow type, when its values were converted to JSON
+    invalid: dict[int, str]  # row -> why it is not valid UTF-8
+
+
+def _column(name: str, array: Any) -> _Column:
+    """One column of a batch as JSON values; rows holding invalid UTF-8 are named, with their
+    values decoded leniently so the reject can keep them."""
+    native = _json_native(array.type)
+    if native:
+        try:
+            return _Column(name, array.to_pylist(), None, {})
+        except UnicodeDecodeError:
+            pass  # some value is not UTF-8: find which, value by value
+    values, invalid = [], {}
+    for row, value in enumerate(array.cast(_readable_type(array.type)).to_pylist()):
+        try:
+            values.append(_from_arrow(value, array.type, strict=True))
+        except UnicodeDecodeError as exc:
+            invalid[row] = (
+                f"column {name!r} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at {exc.start})"
+            )
+            values.append(_from_arrow(value, array.type, strict=False))
+    return _Column(name, values, None if native else str(array.type), invalid)
+
+
+def _parquet_rows(
+    batch: Any, kinds: dict[str, str] | None
+) -> Iterator[tuple[dict[str, Any], list[dict[str, str]], str | None]]:
+    """(record, notes on converted values, why the row is rejected or None) per row."""
+    columns = [_column(name, array) for name, array in zip(batch.schema.names, batch.columns)]
+    for row in range(batch.num_rows):
+        record = {c.name: c.values[row] for c in columns}
+        notes = [
+            {"path": pointer("", c.name), "arrow_type": c.noted}
+            for c in columns
+            if c.noted is not None and c.values[row] is not None
+        ]
+        reason = next((c.invalid[row] for c in columns if row in c.invalid), None)
+        if reason is None and kinds is not None:  # proxkit's own output: rebuild the record
+            try:
+                record = decode_row(record, kinds)
+            except ValueError as exc:
+                reason = f"not a row proxkit wrote (its {KINDS_KEY.decode()} say otherwise): {exc}"
+        yield record, notes, reason
+
+
 def read_parquet(
     path: str,
     fields: Fields,
@@ -285,6 +470,15 @@ def read_parquet(
         with fsspec.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             columns = parquet.schema_arrow.names
+            twice = sorted({c for c in columns if columns.count(c) > 1})
+            if twice:
+                yield Reject(
+                    path,
+                    None,
+                    f"Parquet file has several columns named {', '.join(map(repr, twice))}; "
+                    "its rows cannot be records",
+                )
+                return
             if fields.text not in columns:
                 yield Reject(
                     path,
@@ -298,10 +492,15 @@ def read_parquet(
             metadata = parquet.schema_arrow.metadata or {}
             kinds = json.loads(metadata[KINDS_KEY]) if KINDS_KEY in metadata else None
             for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=chosen):
-                for row in batch.to_pylist():
+                for record, notes, reason in _parquet_rows(batch, kinds):
                     position += 1
-                    record = decode_row(row, kinds) if kinds is not None else row
-                    yield document_from_record(record, fields, path, position, None)
+                    if reason is not None:
+                        cleaned, unencodable = clean_record(record)
+                        yield Reject(
+                            path, position, reason, _dump(cleaned), None, tuple(unencodable)
+                        )
+                    else:
+                        yield document_from_record(record, fields, path, position, None, notes)
     except Exception as exc:
         where = f"after row {position}" if position >= first_row else f"before row {first_row}"
         yield Reject(path, None, f"file unreadable {where}: {type(exc).__name__}: {exc}")

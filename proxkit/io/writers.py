@@ -1,9 +1,9 @@
 """Write records as JSONL (plain, .gz, .zst) or Parquet: one file, or a folder of size-capped shards.
 
-Every file is written under a temporary name and renamed into place when it is complete, so a
-reader (or a resumed run) never sees a half-written shard under its final name; a write that
-fails or is interrupted removes its temporary file (one left by `kill -9` is removed when the
-run resumes).
+Every file is written under a temporary name, flushed to disk and renamed into place when it is
+complete (`atomic.py`), so a reader (or a resumed run) never sees a half-written shard under its
+final name; a write that fails or is interrupted removes its temporary file, even when the
+failure is a full disk (one left by `kill -9` is removed when the run resumes).
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from proxkit.io.columns import KINDS_KEY, OVERFLOW, FieldKinds, arrow_type, encode_rows
+from proxkit.io.atomic import fsync_file, publish
+from proxkit.io.columns import (
+    KINDS_KEY,
+    OVERFLOW,
+    FieldKinds,
+    arrow_type,
+    encode_rows,
+    schema_fields,
+)
 from proxkit.io.encodable import json_line
 from proxkit.io.readers import record_format
 
@@ -54,17 +62,20 @@ class _JsonlFile:
         self.raw.flush()
         os.fsync(self.raw.fileno())
         self.raw.close()
-        os.replace(self.partial, self.path)
+        publish(self.partial, self.path)
 
     def abort(self) -> None:
         """Close without renaming and remove the partial file: nothing looks complete."""
-        self.raw.close()
-        self.partial.unlink(missing_ok=True)
+        try:
+            self.raw.close()  # may fail to flush (a full disk): the file goes all the same
+        finally:
+            self.partial.unlink(missing_ok=True)
 
 
 class _ParquetFile:
     """Buffers rows and writes row groups of at most ROWS_PER_GROUP rows or GROUP_BYTES of
-    text, each field in its run-wide column type (`columns.py`)."""
+    text, each field in its run-wide column type; the columns are those of the first row
+    group (`columns.py`)."""
 
     ROWS_PER_GROUP = 2048
     GROUP_BYTES = 64 * 1024 * 1024  # a few 50 MB documents must not make one huge row group
@@ -96,7 +107,7 @@ class _ParquetFile:
         if not self.rows:
             return
         if self.schema_kinds is None:
-            self.schema_kinds = dict(self.kinds.kinds)
+            self.schema_kinds = schema_fields(self.rows, self.kinds.kinds)
             fields = [pa.field(n, arrow_type(k)) for n, k in self.schema_kinds.items()]
             schema = pa.schema([*fields, pa.field(OVERFLOW, pa.string())]).with_metadata(
                 {KINDS_KEY: json.dumps(self.schema_kinds).encode()}
@@ -107,9 +118,11 @@ class _ParquetFile:
         self.rows, self.buffered = [], 0
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.partial.unlink(missing_ok=True)
+        try:
+            if self.writer is not None:
+                self.writer.close()  # may fail to flush (a full disk): the file goes all the same
+        finally:
+            self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         import pyarrow as pa
@@ -120,7 +133,9 @@ class _ParquetFile:
             pq.write_table(pa.table({}), str(self.partial))
         else:
             self.writer.close()
-        os.replace(self.partial, self.path)
+            self.writer = None
+        fsync_file(self.partial)
+        publish(self.partial, self.path)
 
 
 def fresh_folder(path: str | Path, overwrite: bool) -> Path:
@@ -200,27 +215,43 @@ class RecordWriter:
             self.paths.append(path)
         self.current.write(record)
         if self.max_bytes and self.current.bytes_written >= self.max_bytes:
-            self.current.close()
-            self.current = None
+            self._complete()
+
+    def _complete(self) -> None:
+        current, self.current = self.current, None
+        try:
+            current.close()  # type: ignore[union-attr]
+        except BaseException:
+            current.abort()  # type: ignore[union-attr]
+            raise
 
     def close(self) -> None:
         if self.current is None and self.single_file and not self.paths:
             self.current = open_file(self.target, self.kinds)  # an empty input still has a file
             self.paths.append(self.target)
         if self.current is not None:
-            self.current.close()
-            self.current = None
+            self._complete()
 
     def abort(self) -> None:
-        if self.current is not None:
-            self.current.abort()
-            self.current = None
+        """Remove what this writer wrote, the shards it completed too: a write that did not
+        end leaves nothing that looks complete."""
+        try:
+            if self.current is not None:
+                self.current.abort()
+                self.current = None
+        finally:
+            for path in self.paths:
+                path.unlink(missing_ok=True)
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise

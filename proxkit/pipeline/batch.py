@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from proxkit.io.readers import Document, Fields, Reject
-from proxkit.pipeline.records import assemble, original_text
+from proxkit.pipeline.records import assemble, original_text, refined_field
 from proxkit.pipeline.stats import RunStats
 from proxkit.program.executor import ExecutionResult, Mode, Thresholds, execute_chunk, execute_doc
 from proxkit.programmers.base import Pending, Programmer, Written, submit
@@ -175,7 +175,9 @@ class BatchProcessor:
         if self.tokenizer is not None:
             count = _token_counter(self.tokenizer)
             output.stats.tokens_before += count([d.text for d in originals])
-            output.stats.tokens_after += count([r[self.fields.text] for r in output.records])
+            output.stats.tokens_after += count(
+                [r[refined_field(self.fields)] for r in output.records]
+            )
         return output
 
 

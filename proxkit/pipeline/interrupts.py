@@ -4,13 +4,15 @@ The first SIGINT or SIGTERM raises `Interrupted` in the main thread, so the run 
 after any failure: the file being written is removed, no unit is marked complete that is not,
 worker processes and model replicas are stopped, the output's lock is released. The caller then
 says how to resume and exits with 130 (SIGINT) or 143 (SIGTERM). A second signal while that
-happens exits at once, with the same status.
+happens exits at once, with the same status. While the main thread holds signals back (as it
+does while it starts worker processes), one that another thread received waits for it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,6 +35,11 @@ def interruptible() -> Iterator[None]:
     received: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
+        if signum in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            # Another thread took the signal while this one holds it back (`workers.py`: a
+            # worker process is being started): hand it back, to arrive when the hold ends.
+            signal.pthread_kill(threading.get_ident(), signum)
+            return
         if received:
             os._exit(128 + signum)
         received.append(signum)

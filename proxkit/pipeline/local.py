@@ -27,7 +27,7 @@ from proxkit.pipeline.batch import (
     uses_models,
 )
 from proxkit.pipeline.overlap import overlapped
-from proxkit.pipeline.workers import start_worker
+from proxkit.pipeline.workers import signals_held, start_worker
 
 
 def map_ordered(
@@ -41,12 +41,17 @@ def map_ordered(
         yield from map(function, batches)
         return
     pending: deque[Future[BatchOutput]] = deque()
+
+    def submit(batch: list[Item]) -> None:
+        with signals_held():  # a submission may start a worker process
+            pending.append(pool.submit(function, batch))
+
     for batch in itertools.islice(batches, 2 * workers):
-        pending.append(pool.submit(function, batch))
+        submit(batch)
     while pending:
         result = pending.popleft().result()
         for batch in itertools.islice(batches, 1):
-            pending.append(pool.submit(function, batch))
+            submit(batch)
         yield result
 
 

@@ -31,7 +31,7 @@ from proxkit.pipeline.batch import (
     programmer_stats,
 )
 from proxkit.pipeline.overlap import overlapped
-from proxkit.pipeline.workers import start_worker
+from proxkit.pipeline.workers import signals_held, start_worker
 
 IN_FLIGHT = 3  # batches per replica: one running, the next ones read and started
 
@@ -88,8 +88,9 @@ class ReplicaEngine:
             )
             for i, (device, inbox) in enumerate(zip(self.devices, self.inboxes))
         ]
-        for process in self.processes:
-            process.start()
+        with signals_held():
+            for process in self.processes:
+                process.start()
         self.stats: dict[int, dict[str, Any]] = {}
         ready: set[int] = set()
         while len(ready) < len(self.processes):

@@ -8,7 +8,9 @@ the outputs back in order (`make_engine`):
 - Ray (`ray_engine.py`, `--engine ray`): the same batches on a Ray cluster.
 Records are written in input order, unit by unit (`units.py`), so every engine resumes alike
 and writes the same bytes; rejected records go to a rejects file with the reason; the summary
-is printed at the end and written as `stats.json` beside the output.
+is printed at the end and written as `stats.json` beside the output. A run never reads what it
+writes: an input inside the output is refused, and an output inside an input folder is left
+out of the inputs.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import yaml
 from tqdm import tqdm
 
 from proxkit.config import ConfigError, RefineConfig
-from proxkit.io.columns import FieldKinds
+from proxkit.io.atomic import DamagedFile, write_atomically
+from proxkit.io.columns import FieldKinds, file_kinds
 from proxkit.io.readers import (
+    GLOB_CHARACTERS,
     Document,
     Fields,
     Reject,
@@ -38,13 +42,12 @@ from proxkit.io.readers import (
 from proxkit.io.rejects import RejectLog
 from proxkit.io.writers import PARTIAL_SUFFIX, RecordWriter
 from proxkit.pipeline.batch import BatchOutput, Item, uses_models
-from proxkit.pipeline.lock import output_lock
+from proxkit.pipeline.lock import lock_paths, output_lock
 from proxkit.pipeline.stats import RunStats
 from proxkit.pipeline.units import (
     STATE_DIR,
     ResumeRefused,
     RunState,
-    WorkUnit,
     fingerprint,
     plan_units,
 )
@@ -107,6 +110,14 @@ class RunPaths:
             )
         return cls(path, path / "rejects.jsonl", path / "stats.json", path / "config.yaml")
 
+    def owned(self) -> list[Path]:
+        """Every path the run writes: the output folder, or the output file and its siblings."""
+        if record_format(str(self.output)) is None:
+            return [self.output]
+        files = [self.output, self.rejects, self.stats, self.config]
+        partials = [f.with_name(f.name + PARTIAL_SUFFIX) for f in (self.output, self.rejects)]
+        return [*files, *partials, lock_paths(self.output, 0, 1)[0]]
+
     def existing(self) -> list[Path]:
         found = [p for p in (self.rejects, self.stats, self.config) if p.exists()]
         if self.output.is_file():
@@ -128,6 +139,24 @@ def prepare_output(paths: RunPaths, overwrite: bool) -> None:
     if paths.output.is_dir():
         for partial in paths.output.glob(f"*{PARTIAL_SUFFIX}"):
             partial.unlink()
+
+
+def input_files(inputs: tuple[str, ...], paths: RunPaths) -> list[str]:
+    """The record files of `inputs`, without the run's own output; an input that names the
+    output, or something inside it, is refused (the run would read, or delete, what it writes)."""
+    owned = [p.resolve() for p in paths.owned()]
+    for spec in inputs:
+        if "://" in spec and not spec.startswith("file://"):
+            continue
+        local = spec.removeprefix("file://")
+        glob = GLOB_CHARACTERS.search(local)
+        base = Path(local[: glob.start()] if glob else local).resolve()
+        if any(base == p or p in base.parents for p in owned):
+            raise ConfigError(
+                f"the input {spec} is the output {paths.output} or inside it: a run cannot read "
+                "what it writes; write the output somewhere else"
+            )
+    return list_files(inputs, exclude=owned)
 
 
 def batches_of(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -169,16 +198,23 @@ def run(config: RefineConfig, progress: bool = True) -> RunStats:
     and resumes where a killed run stopped; a single output file is written in one go.
     """
     paths = RunPaths.for_output(config.output)
-    files = list_files(config.inputs)
+    files = input_files(config.inputs, paths)
     with output_lock(paths.output, config.rank, config.world_size) as takeover:
         if takeover:
-            print(f"note: {takeover}", file=sys.stderr)
-        stats = _run_locked(config, paths, files, progress)
-        paths.stats.parent.mkdir(parents=True, exist_ok=True)
-        paths.stats.write_text(json.dumps(stats.to_dict(), indent=2) + "\n", encoding="utf-8")
+            _note(takeover)
+        try:
+            stats = _run_locked(config, paths, files, progress)
+        except DamagedFile as exc:  # a state file damaged by someone else during the run
+            raise ResumeRefused(f"{exc}; run the same command to rebuild it") from None
+        summary = json.dumps(stats.to_dict(), indent=2) + "\n"
+        write_atomically(paths.stats, summary.encode("utf-8"))
         config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-        paths.config.write_text(config_yaml, encoding="utf-8")
+        write_atomically(paths.config, config_yaml.encode("utf-8"))
     return stats
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
 
 
 def _run_locked(
@@ -192,13 +228,9 @@ def _run_locked(
         if record_format(config.output) is not None:
             prepare_output(paths, config.overwrite)
             stats = RunStats()
-            rejects = RejectLog(paths.rejects)
-            try:
-                with RecordWriter(paths.output) as writer:
-                    items = _limited(read_inputs(files, fields), config.limit)
-                    _refine_into(writer, items, engine, config.batch_size, rejects, stats, bar)
-            finally:
-                rejects.close()
+            with RejectLog(paths.rejects) as rejects, RecordWriter(paths.output) as writer:
+                items = _limited(read_inputs(files, fields), config.limit)
+                _refine_into(writer, items, engine, config.batch_size, rejects, stats, bar)
         else:
             stats = _run_units(config, files, fields, engine, paths, bar)
         stats.programmers.update(engine.programmer_stats())
@@ -216,8 +248,11 @@ def resume_hint(config: RefineConfig) -> str:
     state = RunState(Path(config.output))
     if not state.exists():
         return "nothing was written yet; run the same command to start again"
-    units = [WorkUnit(**u) for u in json.loads(state.manifest.read_text(encoding="utf-8"))["units"]]
-    done = sum(state.done(unit) is not None for unit in units)
+    try:
+        units = state.units()
+    except DamagedFile as exc:
+        return f"{exc}; run the same command to rebuild it and resume"
+    done = sum(state.done_or_none(unit) is not None for unit in units)
     return (
         f"{done} of {len(units)} units are complete (their output is final); "
         "run the same command to resume"
@@ -265,10 +300,18 @@ def _run_units(
             f"{output} already holds files that no prox run wrote; pass --overwrite to replace them"
         )
     units = plan_units(files, config.unit_bytes)
-    state.start(config.to_dict(), units)
-    kinds = FieldKinds(state.root / "columns")  # Parquet column types, shared by all units
+    rebuilt = state.start(config.to_dict(), units)
+    if rebuilt:
+        _note(rebuilt)
+    if config.world_size == 1:  # no other rank writes: what killed writers left can go
+        state.clear_leftovers()
     mine = [u for u in units if u.index % config.world_size == config.rank]
-    done = {u.index: state.done(u) for u in units}
+    done: dict[int, dict[str, Any] | None] = {u.index: state.done_or_none(u) for u in units}
+    for unit in mine:
+        done[unit.index], why = state.resumable(unit)
+        if why:
+            _note(f"unit {unit.name} ({unit.path}) is redone: {why}")
+    kinds = _column_kinds(state, [r for r in done.values() if r])
     documents = sum(r["stats"]["documents"] for r in done.values() if r)
     for unit in mine:
         if done[unit.index] is not None:
@@ -279,35 +322,54 @@ def _run_units(
             break
         state.clear_partial(unit)
         unit_stats = RunStats()
-        rejects = RejectLog(output / f"rejects-{unit.name}.jsonl")
-        try:
-            with RecordWriter(
+        with (
+            RejectLog(output / f"rejects-{unit.name}.jsonl") as rejects,
+            RecordWriter(
                 output,
                 config.output_format,
                 config.shard_bytes,
                 prefix=f"part-{unit.name}",
                 kinds=kinds,
-            ) as writer:
-                items = _limited(
-                    read_file(unit.path, fields, unit.start, unit.stop, unit.first_position),
-                    remaining,
-                )
-                _refine_into(writer, items, engine, config.batch_size, rejects, unit_stats, bar)
-        finally:
-            rejects.close()
+            ) as writer,
+        ):
+            items = _limited(
+                read_file(unit.path, fields, unit.start, unit.stop, unit.first_position),
+                remaining,
+            )
+            _refine_into(writer, items, engine, config.batch_size, rejects, unit_stats, bar)
         if fingerprint(unit.path) != (unit.size, unit.modified):
+            state.clear_partial(unit)
             raise ResumeRefused(
                 f"input {unit.path} changed while it was being read; its output is not marked complete"
             )
         # Only now is the unit's output complete: its shards are in place under final names.
-        state.complete(unit, writer.paths, unit_stats.to_dict())
+        state.complete(unit, writer.paths, rejects.written, unit_stats.to_dict())
         documents += unit_stats.documents
     stats = RunStats()
     for unit in units:  # every unit done so far, by any rank
-        record = state.done(unit)
+        record = state.done_or_none(unit)
         if record is not None:
             stats.merge(RunStats.from_dict(record["stats"]))
     return stats
+
+
+def _column_kinds(state: RunState, done: list[dict[str, Any]]) -> FieldKinds:
+    """The run's Parquet column types, shared by all units; a damaged type file is rebuilt
+    from the types the completed shards were written with."""
+    kinds = FieldKinds(state.columns)
+    if kinds.damaged:
+        for damaged in kinds.damaged:
+            _note(f"{damaged}; rebuilt from the completed shards' column types")
+        written: dict[str, str] = {}
+        for record in done:
+            for name in record["files"]:
+                if record_format(name) == "parquet":
+                    try:
+                        written.update(file_kinds(state.output / name))
+                    except Exception:  # an unreadable shard: prox verify names it
+                        continue
+        kinds.restore(written)
+    return kinds
 
 
 def _clear_folder(output: Path) -> None:

@@ -34,6 +34,7 @@ class RunStats:
     tokens_after: int = 0
     programmer_failures: int = 0  # documents kept unrefined because a model call failed
     records_with_unencodable_values: int = 0  # lone surrogates, NaN: replaced, originals kept
+    records_with_displaced_fields: int = 0  # input values moved to metadata.prox.displaced
     programmers: dict = field(default_factory=dict)  # per stage, e.g. program cache hit rate
 
     def add(self, refined: Refined, drop_reason: str | None = None) -> None:
@@ -63,6 +64,7 @@ class RunStats:
         self.program_errors += errors
         self.documents_with_program_errors += errors > 0
         self.records_with_unencodable_values += refined.unencodable
+        self.records_with_displaced_fields += refined.displaced
 
     def merge(self, other: RunStats) -> None:
         for name, value in vars(other).items():
@@ -119,6 +121,13 @@ class RunStats:
                 (
                     "records with unencodable values (replaced, kept in metadata)",
                     f"{self.records_with_unencodable_values:,}",
+                )
+            )
+        if self.records_with_displaced_fields:
+            rows.append(
+                (
+                    "records with fields moved aside (metadata.prox.displaced)",
+                    f"{self.records_with_displaced_fields:,}",
                 )
             )
         for stage in ("doc", "chunk"):

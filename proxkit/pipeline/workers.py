@@ -5,7 +5,10 @@ Every worker proxkit starts (CPU workers for rules, model replicas) first calls
 worker as soon as it changes, whatever ended the parent (`kill -9` included). A worker left
 behind would otherwise keep its memory, and a model replica its GPU memory, for ever. Workers
 ignore Ctrl-C, which the terminal sends to the whole process group: the parent decides how the
-run stops, and stops them.
+run stops, and stops them. They are started with Ctrl-C and SIGTERM held back
+(`signals_held`), so one that arrives while a worker is still importing Python cannot break it
+with a traceback: the worker discards it once it ignores Ctrl-C, and the parent receives its
+own copy as soon as the worker is started.
 """
 
 from __future__ import annotations
@@ -13,8 +16,22 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 CHECK_SECONDS = 0.25
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back Ctrl-C and SIGTERM in this thread while the block starts worker processes
+    (which inherit the mask); they are delivered when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -33,5 +50,6 @@ def die_with_parent(parent_pid: int) -> None:
 
 def start_worker(parent_pid: int) -> None:
     """What every worker process does first."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C held since the start
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
     die_with_parent(parent_pid)

@@ -6,7 +6,6 @@ category. Memory stays bounded: histograms and capped counters, never all record
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,9 +15,11 @@ from urllib.parse import urlparse
 
 import yaml
 
+from proxkit.io.atomic import DamagedFile, read_json
 from proxkit.io.readers import Document, Fields, read_file, record_format
+from proxkit.pipeline.records import refined_field
 from proxkit.pipeline.run import RunPaths
-from proxkit.pipeline.units import RunState, WorkUnit
+from proxkit.pipeline.units import RunState
 from proxkit.report.diff import CATEGORIES, DocumentView, document_view
 from proxkit.seeded import Lowest, priority
 
@@ -29,7 +30,7 @@ TOP = 25
 
 
 class NotARun(FileNotFoundError):
-    """A path that holds no prox output."""
+    """A path that holds no readable prox output (the message names what is missing or damaged)."""
 
 
 def output_files(output: str) -> list[Path]:
@@ -39,16 +40,33 @@ def output_files(output: str) -> list[Path]:
         return [path]
     state = RunState(path)
     if state.exists():
-        manifest = json.loads(state.manifest.read_text(encoding="utf-8"))
-        files = []
-        for unit in manifest["units"]:
-            done = state.done(WorkUnit(**unit))
-            files += [path / name for name in (done or {}).get("files", [])]
-        return files
+        try:
+            done = [state.done(unit) for unit in state.units()]
+        except DamagedFile as exc:
+            raise NotARun(f"{exc}; run the same prox command again to redo it") from None
+        return [path / name for record in done if record for name in record["files"]]
     shards = sorted(p for p in path.glob("part-*") if not p.name.endswith(".partial"))
     if not shards:
         raise NotARun(f"{output} holds no prox output (no records, no _prox/run.json)")
     return shards
+
+
+def run_config(output: str) -> dict[str, Any]:
+    """The run's configuration (`config.yaml`, written when the run ended), or {}."""
+    path = RunPaths.for_output(output).config
+    if not path.exists():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NotARun(f"{path} is damaged ({exc})") from None
+    if not isinstance(config, dict):
+        raise NotARun(f"{path} is damaged (not a mapping)")
+    return config
+
+
+def run_fields(config: dict[str, Any]) -> Fields:
+    return Fields(config.get("text_field", "text"), config.get("id_field", "id"))
 
 
 def read_records(output: str, fields: Fields) -> Iterator[dict[str, Any]]:
@@ -82,8 +100,16 @@ def group_key(record: dict[str, Any], group_by: str | None) -> str | None:
         if value is None and isinstance(record.get("metadata"), dict):
             value = record["metadata"].get(name)
         if isinstance(value, str) and value:
-            return urlparse(value).netloc or value if "://" in value else value
+            return _host(value) or value if "://" in value else value
     return None
+
+
+def _host(url: str) -> str:
+    """The host part of a URL, also of one Python's parser refuses (`http://[::1/x`)."""
+    try:
+        return urlparse(url).netloc
+    except ValueError:
+        return url.split("://", 1)[1].split("/", 1)[0]
 
 
 @dataclass
@@ -92,6 +118,7 @@ class ReportData:
     config: dict[str, Any]
     stats: dict[str, Any]
     group_by: str | None
+    refined_field: str = "text"
     documents: int = 0
     categories: Counter = field(default_factory=Counter)
     outcomes: Counter = field(default_factory=Counter)
@@ -127,7 +154,8 @@ class ReportData:
         if not isinstance(before, int):
             before = len(str(record.get("raw_content") or record.get("text") or "").split())
         self.words_before.add(before)
-        after = 0 if view.category == "dropped" else len(str(record.get("text") or "").split())
+        refined = record.get(self.refined_field)
+        after = 0 if view.category == "dropped" else len(str(refined or "").split())
         if view.category != "dropped":
             self.words_after.add(after)
         removed = [line for line in view.lines if line.removed]
@@ -160,12 +188,15 @@ def collect(
     group_by: str | None = None,
 ) -> ReportData:
     paths = RunPaths.for_output(output)
-    config = (
-        yaml.safe_load(paths.config.read_text(encoding="utf-8")) if paths.config.exists() else {}
-    )
-    stats = json.loads(paths.stats.read_text(encoding="utf-8")) if paths.stats.exists() else {}
-    fields = Fields(config.get("text_field", "text"), config.get("id_field", "id"))
-    data = ReportData(output, config or {}, stats, group_by)
+    config = run_config(output)
+    try:
+        stats = read_json(paths.stats) if paths.stats.exists() else {}
+    except DamagedFile as exc:
+        raise NotARun(str(exc)) from None
+    if not isinstance(stats, dict):
+        raise NotARun(f"{paths.stats} is damaged (not a JSON object)")
+    fields = run_fields(config)
+    data = ReportData(output, config, stats, group_by, refined_field(fields))
     # The lowest-priority documents of each filter (each category, and those with errors).
     kept: dict[str, Lowest[DocumentView]] = {
         name: Lowest(per_category) for name in (*CATEGORIES, "errors")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proxkit.io.readers import id_text
 from proxkit.program.executor import normalize_text
 
 CATEGORIES = ("dropped", "refined", "unchanged")
@@ -125,7 +126,7 @@ def document_view(
     )
     score = (prox.get("doc_info") or {}).get("keep_score")
     return DocumentView(
-        id=str(record.get(id_field, "")),
+        id=id_text(record.get(id_field)),  # as the reader reads ids, so --id finds it
         category=kind,
         outcome=outcome or "not refined",
         lines=lines,
