@@ -1,0 +1,195 @@
+"""The line-anchored cut (`remove_str`) and deletion-only execution: exact readings, the cut's
+semantics beside `normalize` and line removal, and the promise that a deletion-only output is
+always a subsequence of its input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxkit.program import (
+    Normalize,
+    Outcome,
+    Program,
+    RemoveLines,
+    RemoveStr,
+    Thresholds,
+    execute_chunk,
+    is_deletion,
+    is_subsequence,
+    parse,
+)
+from proxkit.program.ops import ChunkEdits
+
+from conftest import operations
+
+DOC = "\n".join(
+    [
+        "Home | News | Contact",  # 0
+        "The river rose by two metres overnight, flooding the lower town. [edit]",  # 1
+        "Residents were moved to the school on the hill before dawn.",  # 2
+        "Share: Twitter Facebook Share: Email",  # 3
+        "Officials expect the water to fall by the end of the week.",  # 4
+        "Copyright 2024 Example News",  # 5
+    ]
+)
+LOOSE = Thresholds(short_doc_words=0)
+
+
+def test_the_cut_reads_in_keyword_and_positional_form_and_round_trips():
+    assert parse('remove_str(line=1, del_str=" [edit]")').operations == (RemoveStr(1, " [edit]"),)
+    assert parse("remove_str(1, ' [edit]')").operations == (RemoveStr(1, " [edit]"),)
+    assert Program((RemoveStr(7, 'say "hi"\\'),)).to_text() == (
+        'remove_str(line=7, del_str="say \\"hi\\"\\\\")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('remove_str(line=1, del_str="")', "del_str must not be empty"),
+        ('remove_str(line=1, del_str="a\\nb")', "del_str must not contain a newline"),
+        ('remove_str(line=-1, del_str="a")', "line must not be negative, got -1"),
+        ('remove_str(line="1", del_str="a")', "line must be an integer, got str"),
+        ("remove_str(line=1, del_str=3)", "del_str must be a string, got int"),
+        ("remove_str(line=1)", "remove_str() needs line and del_str"),
+        ('remove_str(line_start=1, del_str="a")', "unexpected argument 'line_start'"),
+        ('remove_str(1, "a", "b")', "remove_str() takes at most 2 arguments"),
+    ],
+)
+def test_a_malformed_cut_is_an_error_naming_why(text, reason):
+    program = parse(text)
+    assert program.operations == () and reason in program.errors[0].reason
+
+
+def test_a_cut_removes_its_string_from_its_line_only():
+    result = execute_chunk(DOC, 'remove_str(line=1, del_str=" [edit]")', thresholds=LOOSE)
+    assert result.outcome is Outcome.REFINED
+    assert result.text == DOC.replace(" [edit]", "")
+    assert result.cuts == ((1, " [edit]"),)
+    assert result.to_metadata()["cuts"] == [[1, " [edit]"]]
+    # normalize would cut "the" everywhere; a cut anchored to line 4 touches only line 4
+    cut = execute_chunk(DOC, 'remove_str(line=4, del_str="the end of ")', thresholds=LOOSE)
+    assert cut.text.split("\n")[4] == "Officials expect the water to fall by the week."
+    assert cut.text.split("\n")[:4] == DOC.split("\n")[:4]
+
+
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        ('remove_str(line=3, del_str="Share: ")', "occurs more than once in line 3"),
+        ('remove_str(line=2, del_str="[edit]")', "not in line 2"),
+        ('remove_str(line=6, del_str="x")', "line 6 is past the last line 5"),
+    ],
+)
+def test_a_cut_that_is_not_unique_in_its_line_is_a_counted_error(program, reason):
+    result = execute_chunk(DOC, program, thresholds=LOOSE)
+    assert result.outcome is Outcome.UNCHANGED and result.text == DOC and result.cuts == ()
+    assert len(result.errors) == 1 and reason in result.errors[0].reason
+    assert result.errors[0].text == program
+
+
+def test_overlapping_occurrences_are_not_unique_and_errors_count_toward_the_limit():
+    text = "aaa is a word here\nand more words on this line too"
+    assert "more than once" in execute_chunk(text, 'remove_str(0, "aa")').errors[0].reason
+    two_errors = 'remove_str(0, "aa")\nremove_str(1, "zzz")\nremove_lines(0, 0)'
+    result = execute_chunk(text, two_errors, thresholds=LOOSE)
+    assert result.outcome is Outcome.PROGRAM_IGNORED and result.text == text
+
+
+def test_cuts_match_the_line_the_model_read_before_normalize_runs():
+    text = "Price:&nbsp;10&nbsp;EUR (ad)\nplain line here with words"
+    program = (
+        'normalize(source_str="&nbsp;", target_str=" ")\nremove_str(line=0, del_str="&nbsp;EUR")'
+    )
+    result = execute_chunk(text, program, thresholds=LOOSE)
+    assert result.text.split("\n")[0] == "Price: 10 (ad)"
+    assert result.normalizations == (("&nbsp;", " ", 1),) and result.errors == ()
+
+
+def test_a_cut_on_a_removed_line_is_checked_then_goes_with_its_line():
+    result = execute_chunk(
+        DOC, 'remove_lines(line_start=1, line_end=1)\nremove_str(line=1, del_str=" [edit]")'
+    )
+    assert "[edit]" not in result.text and "river" not in result.text and result.errors == ()
+    bad = execute_chunk(DOC, 'remove_lines(1, 1)\nremove_str(line=1, del_str="nope")')
+    assert "river" not in bad.text and len(bad.errors) == 1
+
+
+def test_cuts_of_one_line_that_overlap_remove_their_union():
+    text = "one two three four five six seven\nanother line of words"
+    result = execute_chunk(
+        text, 'remove_str(0, "two three")\nremove_str(0, "three four ")', thresholds=LOOSE
+    )
+    assert result.text.split("\n")[0] == "one five six seven"
+
+
+def test_the_reference_parser_skips_cuts_as_it_skips_every_line_it_does_not_know():
+    result = execute_chunk(DOC, 'remove_str(line=1, del_str=" [edit]")', mode="reference")
+    assert result.outcome is Outcome.UNCHANGED and result.errors == ()
+
+
+def test_what_counts_as_a_deletion():
+    assert is_deletion(RemoveLines(0, 3)) and is_deletion(RemoveStr(0, "x"))
+    assert is_deletion(Normalize("Click here")) and is_deletion(Normalize("!!!", "!"))
+    assert not is_deletion(Normalize("&nbsp;", " ")) and not is_deletion(Normalize("ab", "ba"))
+
+
+def test_deletion_only_leaves_out_replacements_records_them_and_keeps_the_rest():
+    text = "Home | News\nA&nbsp;calm river!!!\nMore prose follows in this line here"
+    program = (
+        "remove_lines(line_start=0, line_end=0)\n"
+        'normalize(source_str="&nbsp;", target_str=" ")\n'
+        'normalize(source_str="!!!", target_str="!")'
+    )
+    full = execute_chunk(text, program, thresholds=LOOSE)
+    assert full.text == "A calm river!\nMore prose follows in this line here"
+    only = execute_chunk(text, program, thresholds=LOOSE, deletion_only=True)
+    assert only.text == "A&nbsp;calm river!\nMore prose follows in this line here"
+    assert only.errors == ()  # not malformed: asks for what this run does not allow
+    assert [e.text for e in only.not_applied] == ['normalize(source_str="&nbsp;", target_str=" ")']
+    assert "not a deletion" in only.to_metadata()["not_applied"][0]["reason"]
+    assert "not_applied" not in full.to_metadata() and "cuts" not in full.to_metadata()
+
+
+def test_a_non_subsequence_output_leaves_the_document_unrefined(monkeypatch):
+    """The check after execution holds even if the filter before it let a replacement pass."""
+    monkeypatch.setattr(ChunkEdits, "deletions_only", lambda self: self)
+    text = "Word one&nbsp;two three four five six seven eight nine ten eleven"
+    result = execute_chunk(text, 'normalize("&nbsp;", " ")', deletion_only=True)
+    assert result.outcome is Outcome.NOT_A_SUBSEQUENCE and result.text == text
+    assert "not a subsequence" in result.not_applied[-1].reason
+
+
+# --- properties -------------------------------------------------------------------------------
+
+lines = st.lists(st.text(st.sampled_from("ab &!\u00a0"), max_size=12), min_size=1, max_size=8)
+pieces = st.text(st.sampled_from("ab &!\u00a0"), min_size=1, max_size=4)
+with_cuts = st.one_of(operations, st.builds(RemoveStr, st.integers(0, 9), pieces))
+small_normalize = st.builds(Normalize, pieces, st.text(st.sampled_from("ab &!x"), max_size=3))
+
+
+@given(
+    lines.map("\n".join),
+    st.lists(st.one_of(with_cuts, small_normalize), max_size=8),
+    st.sampled_from(["strict", "reference"]),
+    st.integers(0, 3),
+)
+@settings(max_examples=600)
+def test_deletion_only_outputs_are_always_subsequences_of_their_input(text, ops, mode, limit):
+    program = Program(tuple(ops)).to_text()
+    result = execute_chunk(
+        text, program, mode, Thresholds(short_doc_words=limit, error_limit=limit), True
+    )
+    assert is_subsequence(result.text, text)
+    assert result.outcome is not Outcome.NOT_A_SUBSEQUENCE  # the filter, not the check, holds it
+    applied = {(s, t) for s, t, _ in result.normalizations}
+    assert all(is_subsequence(target, source) for source, target in applied)
+
+
+@given(st.text(st.sampled_from("ab\n"), max_size=30), st.text(st.sampled_from("ab\n"), max_size=30))
+@settings(max_examples=600)
+def test_is_subsequence_agrees_with_its_definition(part, whole):
+    remaining = iter(whole)
+    assert is_subsequence(part, whole) == all(char in remaining for char in part)
