@@ -4,10 +4,13 @@ always a subsequence of its input."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxkit.chunking import Chunk
 from proxkit.program import (
     Normalize,
     Outcome,
@@ -21,8 +24,10 @@ from proxkit.program import (
     parse,
 )
 from proxkit.program.ops import ChunkEdits
+from proxkit.synth.sft import SFTConfig, write_sft_data
+from proxkit.synth.teacher import Invalid, read_chunk_answer
 
-from conftest import operations
+from conftest import operations, write_jsonl
 
 DOC = "\n".join(
     [
@@ -193,3 +198,57 @@ def test_deletion_only_outputs_are_always_subsequences_of_their_input(text, ops,
 def test_is_subsequence_agrees_with_its_definition(part, whole):
     remaining = iter(whole)
     assert is_subsequence(part, whole) == all(char in remaining for char in part)
+
+
+# --- teachers and training data -----------------------------------------------------------
+
+CHUNK = Chunk("[010]Home | About\n[011]Real text here&nbsp;ok [edit]\n[012]Footer", 10, 12, 20)
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ('remove_str(line=13, del_str="x")', "out_of_range"),
+        ('remove_str(line=11, del_str="e")', "bad_cut"),  # occurs more than once
+        ('remove_str(line=10, del_str="[edit]")', "bad_cut"),  # not in that line
+    ],
+)
+def test_a_teacher_cut_must_be_unique_in_a_line_of_its_chunk(answer, kind):
+    result = read_chunk_answer(answer, CHUNK)
+    assert isinstance(result, Invalid) and result.kind == kind, result
+
+
+def test_deletion_only_teachers_may_only_delete():
+    answer = (
+        'remove_str(line=11, del_str=" [edit]")\nnormalize(source_str="&nbsp;", target_str=" ")'
+    )
+    assert isinstance(read_chunk_answer(answer, CHUNK), Program)
+    refused = read_chunk_answer(answer, CHUNK, deletion_only=True)
+    assert isinstance(refused, Invalid) and refused.kind == "not_a_deletion"
+    assert 'target_str=" "' in refused.message
+    kept = read_chunk_answer(answer.replace('" ")', '"")'), CHUNK, deletion_only=True)
+    assert isinstance(kept, Program) and len(kept.operations) == 2
+
+
+def test_deletion_only_sft_data_keeps_the_deletions_of_each_program(tmp_path, llama2_dir):
+    text = "Home | About\nReal text here&nbsp;ok [edit]\nFooter"
+    program = (
+        "remove_lines(line_start=0, line_end=0)\n"
+        'normalize(source_str="&nbsp;", target_str=" ")\n'
+        'remove_str(line=1, del_str=" [edit]")'
+    )
+    chunks = [{"text": CHUNK.text.replace("[01", "[00"), "first_line": 0, "last_line": 2}]
+    records = [
+        {"id": f"d{i}", "text": text, "chunks": [{**chunks[0], "ok": True, "program": p}]}
+        for i, p in enumerate([program, 'normalize(source_str="&nbsp;", target_str=" ")'])
+    ]
+    source = write_jsonl(tmp_path / "annotations.jsonl", records)
+    manifest = write_sft_data(
+        SFTConfig(str(source), str(tmp_path / "sft"), str(llama2_dir), 0.0, deletion_only=True)
+    )
+    assert manifest["left_out"] == {"chunk: non-deletion operations left out": 2}
+    answers = [e["completion"] for e in map(json.loads, (tmp_path / "sft/train.jsonl").open())]
+    assert answers == [
+        ' remove_lines(line_start=0, line_end=0)\nremove_str(line=1, del_str=" [edit]") </s>',
+        " keep_doc() </s>",
+    ]

@@ -34,6 +34,7 @@ from proxkit.program.ops import (
     RemoveStr,
     is_subsequence,
     operation_to_text,
+    unique_position,
 )
 from proxkit.program.parser import parse
 
@@ -281,19 +282,16 @@ def _cut(
                 ProgramError(0, written, f"line {line} is past the last line {len(lines) - 1}")
             )
             continue
-        first = lines[line].find(piece)
-        if first < 0:
-            errors.append(ProgramError(0, written, f"the string is not in line {line}"))
-        elif lines[line].find(piece, first + 1) >= 0:
-            errors.append(
-                ProgramError(0, written, f"the string occurs more than once in line {line}")
-            )
+        found = unique_position(piece, lines[line])
+        if found is None:
+            where = "is not in" if piece not in lines[line] else "occurs more than once in"
+            errors.append(ProgramError(0, written, f"the string {where} line {line}"))
         else:
-            spans.setdefault(line, []).append((first, first + len(piece)))
+            spans.setdefault(line, []).append((found, found + len(piece)))
             applied.append((line, piece))
-    for line, found in spans.items():
+    for line, places in spans.items():
         original, pieces, position = lines[line], [], 0
-        for start, end in sorted(found):
+        for start, end in sorted(places):
             pieces.append(original[position : max(start, position)])
             position = max(position, end)
         pieces.append(original[position:])

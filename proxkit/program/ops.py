@@ -91,6 +91,15 @@ def is_subsequence(part: str, whole: str) -> bool:
     return True
 
 
+def unique_position(piece: str, line: str) -> int | None:
+    """Where `piece` occurs in `line` when it occurs exactly once (overlapping occurrences
+    count), else None: the condition under which `remove_str` cuts."""
+    first = line.find(piece)
+    if first < 0 or line.find(piece, first + 1) >= 0:
+        return None
+    return first
+
+
 def is_deletion(op: Operation) -> bool:
     """Whether the operation can only take characters out of a document (see the module doc):
     what `--deletion-only` applies. `keep_doc()` and `drop_doc()` change no text."""
