@@ -6,7 +6,8 @@ It serves POST /v1/completions and /v1/chat/completions (the user message is the
 
 Without --model it answers like a scripted refining model: doc prompts get drop_doc() when the
 document holds "SPAM", else keep_doc(); chunk prompts get remove_lines() for numbered lines
-holding "MENU", else keep_doc(). With --model it serves a local causal LM through the
+holding "MENU" and normalize("&nbsp;", " ") where the chunk holds "&nbsp;", else keep_doc().
+With --teacher it answers as a scripted teacher (`teacher`). With --model it serves a local causal LM through the
 transformers backend, so real model outputs cross the real API.
 
 Faults are asked for by markers in the prompt, counted per distinct prompt:
@@ -41,6 +42,8 @@ def scripted(prompt: str) -> str:
         if "MENU" in match.group(2):
             line = int(match.group(1))
             program.append(f"remove_lines(line_start={line}, line_end={line})")
+    if "&nbsp;" in prompt:
+        program.append('normalize(source_str="&nbsp;", target_str=" ")')
     return "\n".join(program) or "keep_doc()"
 
 

@@ -5,12 +5,16 @@ always a subsequence of its input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxkit.chunking import Chunk
+from proxkit.config import RefineConfig
+from proxkit.pipeline.run import run
+from proxkit.pipeline.stats import RunStats
 from proxkit.program import (
     Normalize,
     Outcome,
@@ -27,7 +31,7 @@ from proxkit.program.ops import ChunkEdits
 from proxkit.synth.sft import SFTConfig, write_sft_data
 from proxkit.synth.teacher import Invalid, read_chunk_answer
 
-from conftest import operations, write_jsonl
+from conftest import example_records, operations, read_jsonl, start_server, write_jsonl
 
 DOC = "\n".join(
     [
@@ -252,3 +256,121 @@ def test_deletion_only_sft_data_keeps_the_deletions_of_each_program(tmp_path, ll
         ' remove_lines(line_start=0, line_end=0)\nremove_str(line=1, del_str=" [edit]") </s>',
         " keep_doc() </s>",
     ]
+
+
+# --- whole runs: every programmer, the datatrove step ------------------------------------
+
+REPLACING = '\nnormalize(source_str=" the ", target_str=" THE ")'
+
+
+def refine(tmp_path: Path, name: str, records: list[dict], **options) -> tuple[list[dict], dict]:
+    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
+    config = RefineConfig(
+        inputs=(str(source),),
+        output=str(tmp_path / name),
+        output_format="jsonl",
+        workers=1,
+        batch_size=32,
+        **options,
+    )
+    stats = run(config, progress=False)
+    return read_jsonl(tmp_path / name / "part-00000-00000.jsonl"), stats.to_dict()
+
+
+def subsequences(records: list[dict]) -> bool:
+    return all(is_subsequence(r["text"], r["raw_content"]) for r in records)
+
+
+def test_the_example_corpus_refined_by_rules_and_stored_programs_only_loses_characters(tmp_path):
+    records = example_records()[:120]
+    rules = {"doc_programmer": "rules", "chunk_programmer": "rules"}
+    full, _ = refine(tmp_path, "rules", records, **rules)
+    only, stats = refine(tmp_path, "rules-only", records, **rules, deletion_only=True)
+    assert subsequences(only) and stats["edits_not_applied"] == 0
+    assert [r["text"] for r in only] == [r["text"] for r in full]  # rules only ever delete
+    assert all(r["metadata"]["prox"]["deletion_only"] for r in only)
+
+    for record in full:  # programs that also replace, as a model might write them
+        if "chunk_program" in record["metadata"]:
+            record["metadata"]["chunk_program"] += REPLACING
+    stored = {"doc_programmer": "stored", "chunk_programmer": "stored"}
+    replaced, _ = refine(tmp_path, "stored", full, **stored)
+    assert not subsequences(replaced)
+    executed, stats = refine(tmp_path, "stored-only", full, **stored, deletion_only=True)
+    assert subsequences(executed)
+    programs = [r for r in full if "chunk_program" in r["metadata"]]
+    assert stats["edits_not_applied"] == len(programs) > 0
+    assert "edits not applied (not deletions)" in dict(RunStats.from_dict(stats).summary_lines())
+    assert [r["text"] for r in executed] == [r["text"] for r in only]
+
+
+def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
+    pages = [
+        {
+            "id": f"p{i}",
+            "text": f"MENU Home | News\nThe river rose by two metres{i}.&nbsp;It rained.\n"
+            "Residents were moved to the school on the hill before dawn today.",
+        }
+        for i in range(4)
+    ]
+    process, url = start_server()
+    try:
+        served, stats = refine(
+            tmp_path, "openai", pages, doc_programmer="scripted", chunk_programmer="scripted",
+            backend="openai", api_base=url, tokenizer=str(llama2_dir), deletion_only=True,
+            thresholds=Thresholds(short_doc_words=3),
+        )  # fmt: skip
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert subsequences(served) and stats["edits_not_applied"] == 4
+    assert all("MENU" not in r["text"] and "&nbsp;" in r["text"] for r in served)
+    local, _ = refine(
+        tmp_path, "local", pages, doc_programmer=str(refiner), chunk_programmer=str(refiner),
+        device="cpu", chunk_max_new_tokens=24, deletion_only=True,
+    )  # fmt: skip
+    assert subsequences(local) and len(local) == 4
+
+
+def test_the_datatrove_step_only_deletes(tmp_path):
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document as DatatroveDocument
+
+    from proxkit.datatrove import ProxRefiner
+
+    rules, _ = refine(
+        tmp_path, "rules", example_records()[:40], doc_programmer="rules", chunk_programmer="rules"
+    )
+    documents = []
+    for record in rules:
+        metadata = {**record["metadata"], "raw_content": record["raw_content"]}
+        metadata["chunk_program"] = metadata.get("chunk_program", "keep_doc()") + REPLACING
+        documents.append(
+            DatatroveDocument(record["raw_content"], str(record["id"]), metadata=metadata)
+        )
+    step = ProxRefiner("stored", "stored", deletion_only=True, batch_size=16)
+    refined = list(step.run(iter(documents)))
+    assert len(refined) == 40
+    assert all(is_subsequence(d.text, d.metadata["raw_content"]) for d in refined)
+    assert (
+        step.stats["edits_not_applied"].total
+        >= sum("chunk" in d.metadata["prox"] for d in refined)
+        > 0
+    )
+
+
+def test_the_report_shows_cuts_where_they_were_made():
+    from proxkit.report.diff import document_view
+
+    program = (
+        'remove_str(line=1, del_str=" [edit]")\nremove_str(line=3, del_str="Share: Email")\n'
+        'normalize(source_str="Share: ", target_str="")\nremove_lines(line_start=5, line_end=5)'
+    )
+    result = execute_chunk(DOC, program)
+    assert result.cuts == ((1, " [edit]"), (3, "Share: Email")) and result.errors == ()
+    record = {"id": "d", "text": result.text, "raw_content": DOC}
+    record["metadata"] = {"chunk_program": program, "prox": {"chunk": result.to_metadata()}}
+    view = document_view(record)
+    assert view.highlighted and view.kept_text() == result.text
+    cut = [s for line in view.lines for s in line.segments if s.normalized_from == " [edit]"]
+    assert cut and cut[0].text == ""

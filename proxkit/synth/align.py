@@ -6,11 +6,15 @@ inserted by the teacher. `difflib.SequenceMatcher` is not used: its junk heurist
 default) gives non-minimal scripts on most chunks of the example corpus, and without it it is
 four times slower than Myers' algorithm here (`bench/bench_clean_diff.py`).
 
-1. Lines first: Myers' O(ND) shortest edit script over whole lines anchors the lines the
-   teacher kept as they were.
+1. Lines first: lines that occur once in each text and are equal anchor the alignment (in
+   the longest order-keeping set, as patience diff does). Repeated lines ("{", "}", blank
+   lines) anchor nothing: tying the teacher's copy to the wrong one of them would tear a
+   changed line away from its original.
 2. Between anchors, each teacher line that is a subsequence of an original line is paired with
-   it (a small dynamic programme maximising the characters paired), so partial deletions stay
-   inside their line; each pair is then aligned character by character.
+   it (a dynamic programme maximising the characters paired; repeated and equal lines are
+   paired here), so partial deletions stay inside their line; each pair is then aligned
+   character by character. A stretch too large for the programme (more than `DP_CELLS` line
+   pairs) is first cut by a Myers shortest edit script over its whole lines.
 3. The lines left unpaired between pairs: original lines alone were deleted whole, teacher lines
    alone were inserted, and a mixture (lines joined, characters replaced, text rewritten) is
    aligned word by word with Myers (a word or a symbol with its spaces is a token), then
@@ -22,17 +26,23 @@ four times slower than Myers' algorithm here (`bench/bench_clean_diff.py`).
 4. A teacher text that is a subsequence of the original must come out as deletions only (any
    embedding of a subsequence is a shortest edit script); if the steps above found insertions,
    the whole text is aligned again character by character, which cannot miss.
+5. Each pure deletion is slid over equal characters to where it covers whole lines, if it can
+   (deleting "b\nab\n" or "ab\nab" from "ab\nab\nab\n" leaves the same text; the first is
+   two lines): equally short scripts, but one a line-level program can state.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 from proxkit.program.ops import is_subsequence
 
 Block = tuple[int, int, int]  # (original start, cleaned start, length) of equal text
 MAX_BLOCK_EDITS = 1000
+DP_CELLS = 40_000  # line pairs the pairing programme weighs in one stretch
 # A word or a symbol with the spaces after it (so spaces never match alone), or leading spaces:
 # every character is in exactly one token.
 TOKEN = re.compile(r"\w+\s*|[^\w\s]\s*|\s+")
@@ -85,23 +95,94 @@ def _walk_back(trace: list[list[int]], d: int, n: int, m: int) -> list[Block]:
 
 def align(original: str, cleaned: str) -> list[Block]:
     """Matching blocks of `cleaned` against `original` (module doc), in order."""
-    old = _lines(original)
-    new = _lines(cleaned)
-    old_at = _starts(old)
-    new_at = _starts(new)
-    anchors = myers(old, new) or []
+    old, new = _lines(original), _lines(cleaned)
+    blocks = _merged(_anchored(old, new, _unique_anchors(old, new), 0, 0, split=True))
+    if sum(size for _, _, size in blocks) < len(cleaned) and is_subsequence(cleaned, original):
+        blocks = myers(original, cleaned, MAX_BLOCK_EDITS) or _leftmost(original, cleaned)
+    return _slid_to_lines(original, blocks)
+
+
+def _unique_anchors(old: list[str], new: list[str]) -> list[Block]:
+    """Lines equal and once in each text, the longest set of them in the same order."""
+    old_count, new_count = Counter(old), Counter(new)
+    where = {line: j for j, line in enumerate(new) if new_count[line] == 1}
+    pairs = [
+        (i, where[line]) for i, line in enumerate(old) if old_count[line] == 1 and line in where
+    ]
+    # Longest increasing subsequence of the new positions (patience sorting, with links back).
+    tails: list[int] = []  # per length, the index in `pairs` of the smallest possible last j
+    back: list[int] = []
+    for index, (_, j) in enumerate(pairs):
+        length = bisect.bisect_left([pairs[t][1] for t in tails], j)
+        back.append(tails[length - 1] if length else -1)
+        if length == len(tails):
+            tails.append(index)
+        else:
+            tails[length] = index
+    chain: list[Block] = []
+    index = tails[-1] if tails else -1
+    while index >= 0:
+        chain.append((pairs[index][0], pairs[index][1], 1))
+        index = back[index]
+    return chain[::-1]
+
+
+def _anchored(
+    old: list[str],
+    new: list[str],
+    anchors: list[Block],
+    old_start: int,
+    new_start: int,
+    split: bool,
+) -> list[Block]:
+    """Matching blocks of the anchor lines and, between them, of `_between`."""
+    old_at, new_at = _starts(old), _starts(new)
     blocks: list[Block] = []
     i = j = 0
     for anchor_i, anchor_j, size in [*anchors, (len(old), len(new), 0)]:
-        blocks += _between(old[i:anchor_i], new[j:anchor_j], old_at[i], new_at[j])
+        blocks += _between(
+            old[i:anchor_i], new[j:anchor_j], old_start + old_at[i], new_start + new_at[j], split
+        )
         if size:
             length = old_at[anchor_i + size] - old_at[anchor_i]
-            blocks.append((old_at[anchor_i], new_at[anchor_j], length))
+            blocks.append((old_start + old_at[anchor_i], new_start + new_at[anchor_j], length))
         i, j = anchor_i + size, anchor_j + size
-    blocks = _merged(blocks)
-    if sum(size for _, _, size in blocks) < len(cleaned) and is_subsequence(cleaned, original):
-        blocks = myers(original, cleaned, MAX_BLOCK_EDITS) or _leftmost(original, cleaned)
     return blocks
+
+
+def _slid_to_lines(text: str, blocks: list[Block]) -> list[Block]:
+    """Each pure deletion (a gap of `text` between blocks that meet in the cleaned text) moved
+    over equal characters to its place covering the most whole lines (module doc, step 5)."""
+    blocks = list(blocks)
+    for k in range(len(blocks) - 1):
+        (i, j, size), (next_i, next_j, next_size) = blocks[k], blocks[k + 1]
+        start, end = i + size, next_i
+        if j + size != next_j or start == end:
+            continue  # an insertion or replacement, or no gap
+        candidates = [0]
+        shift = 0
+        while shift < size - 1 and text[start - shift - 1] == text[end - shift - 1]:
+            shift += 1
+            candidates.append(-shift)
+        shift = 0
+        while shift < next_size - 1 and text[start + shift] == text[end + shift]:
+            shift += 1
+            candidates.append(shift)
+        best = max(candidates, key=lambda s: (_line_fit(text, start + s, end + s), -abs(s)))
+        if best:
+            blocks[k] = (i, j, size + best)
+            blocks[k + 1] = (next_i + best, next_j + best, next_size - best)
+    return blocks
+
+
+def _line_fit(text: str, start: int, end: int) -> int:
+    """2 for a deletion of whole lines each with its line break, 1 for one starting with a
+    line break and ending at a line's end (the last lines of a text), else 0."""
+    if (start == 0 or text[start - 1] == "\n") and text[end - 1] == "\n":
+        return 2
+    if text[start] == "\n" and (end == len(text) or text[end] == "\n"):
+        return 1
+    return 0
 
 
 def _lines(text: str) -> list[str]:
@@ -117,10 +198,17 @@ def _starts(lines: list[str]) -> list[int]:
     return starts
 
 
-def _between(old: list[str], new: list[str], old_start: int, new_start: int) -> list[Block]:
+def _between(
+    old: list[str], new: list[str], old_start: int, new_start: int, split: bool
+) -> list[Block]:
     """Matching blocks between two line anchors: subsequence pairs, then what lies between."""
     if not old or not new:
         return []
+    if len(old) * len(new) > DP_CELLS:
+        if split:
+            anchors = myers(old, new) or []
+            return _anchored(old, new, anchors, old_start, new_start, split=False)
+        return _shifted(_by_words("".join(old), "".join(new)), old_start, new_start)
     blocks: list[Block] = []
     old_at = _starts(old)
     new_at = _starts(new)
