@@ -150,7 +150,7 @@ class RefineConfig:
         "LO,HI: the chunk stage refines only the kept documents whose doc keep score is in "
         "[LO, HI]; the others pass unchanged, counted (needs keep scores: a model doc "
         "programmer with --doc-scoring forward, or stored ones).",
-        PROGRAMMERS,
+        THRESHOLDS,
         parse=score_range,
         show=lambda band: f"{band[0]},{band[1]}",
     )

@@ -47,13 +47,33 @@ def scripted(prompt: str) -> str:
     return "\n".join(program) or "keep_doc()"
 
 
+def cleaning_teacher(text: str, retry: bool) -> str:
+    """The scripted teacher of `prox annotate --teacher-mode clean`: deletes the lines holding
+    MENU and the strings " [edit]", and writes a space for "&nbsp;" (a replacement). Markers:
+    TEACHER:fixable (no markers, then good on the retry), TEACHER:outofrange (a refusal between
+    the markers), TEACHER:syntax (no end marker) and TEACHER:rewrite (adds a sentence)."""
+    if "TEACHER:fixable" in text and not retry:
+        return text
+    if "TEACHER:outofrange" in text:
+        return "<<<CLEAN\nI'm sorry, but I can't help with that.\nCLEAN>>>"
+    cleaned = "\n".join(line for line in text.split("\n") if "MENU" not in line)
+    cleaned = cleaned.replace(" [edit]", "").replace("&nbsp;", " ")
+    if "TEACHER:rewrite" in text:
+        cleaned += "\nIn short, the page explains it all clearly."
+    return "<<<CLEAN\n" + cleaned + ("" if "TEACHER:syntax" in text else "\nCLEAN>>>")
+
+
 def teacher(messages: list[dict]) -> str:
     """A scripted teacher for `prox annotate`. Documents holding "CLICK" (spam) score low; chunk lines
     holding MENU are removed and "&nbsp;" is normalized. Markers ask for bad answers:
     TEACHER:nonjson, TEACHER:refuse, TEACHER:missing (always), TEACHER:fixable (bad, then good
-    on the retry), TEACHER:outofrange and TEACHER:syntax (chunk programs, always)."""
+    on the retry), TEACHER:outofrange and TEACHER:syntax (chunk programs, always). Chunks sent
+    to be cleaned (between <<<TEXT and TEXT>>>) go to `cleaning_teacher`."""
     first_ask = messages[1]["content"]
     retry = len(messages) > 2
+    if "<<<TEXT\n" in first_ask:
+        text = first_ask.split("<<<TEXT\n", 1)[1].rsplit("\nTEXT>>>", 1)[0]
+        return cleaning_teacher(text, retry)
     if "educational_value" in first_ask:
         document = first_ask.split("<<<DOCUMENT", 1)[1]
         if "TEACHER:nonjson" in document or ("TEACHER:fixable" in document and not retry):

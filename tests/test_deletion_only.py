@@ -5,15 +5,12 @@ always a subsequence of its input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxkit.chunking import Chunk
-from proxkit.config import RefineConfig
-from proxkit.pipeline.run import run
 from proxkit.pipeline.stats import RunStats
 from proxkit.program import (
     Normalize,
@@ -31,7 +28,7 @@ from proxkit.program.ops import ChunkEdits
 from proxkit.synth.sft import SFTConfig, write_sft_data
 from proxkit.synth.teacher import Invalid, read_chunk_answer
 
-from conftest import example_records, operations, read_jsonl, start_server, write_jsonl
+from conftest import example_records, operations, refine_records, start_server, write_jsonl
 
 DOC = "\n".join(
     [
@@ -263,20 +260,6 @@ def test_deletion_only_sft_data_keeps_the_deletions_of_each_program(tmp_path, ll
 REPLACING = '\nnormalize(source_str=" the ", target_str=" THE ")'
 
 
-def refine(tmp_path: Path, name: str, records: list[dict], **options) -> tuple[list[dict], dict]:
-    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
-    config = RefineConfig(
-        inputs=(str(source),),
-        output=str(tmp_path / name),
-        output_format="jsonl",
-        workers=1,
-        batch_size=32,
-        **options,
-    )
-    stats = run(config, progress=False)
-    return read_jsonl(tmp_path / name / "part-00000-00000.jsonl"), stats.to_dict()
-
-
 def subsequences(records: list[dict]) -> bool:
     return all(is_subsequence(r["text"], r["raw_content"]) for r in records)
 
@@ -284,8 +267,8 @@ def subsequences(records: list[dict]) -> bool:
 def test_the_example_corpus_refined_by_rules_and_stored_programs_only_loses_characters(tmp_path):
     records = example_records()[:120]
     rules = {"doc_programmer": "rules", "chunk_programmer": "rules"}
-    full, _ = refine(tmp_path, "rules", records, **rules)
-    only, stats = refine(tmp_path, "rules-only", records, **rules, deletion_only=True)
+    full, _ = refine_records(tmp_path, "rules", records, **rules)
+    only, stats = refine_records(tmp_path, "rules-only", records, **rules, deletion_only=True)
     assert subsequences(only) and stats["edits_not_applied"] == 0
     assert [r["text"] for r in only] == [r["text"] for r in full]  # rules only ever delete
     assert all(r["metadata"]["prox"]["deletion_only"] for r in only)
@@ -294,9 +277,9 @@ def test_the_example_corpus_refined_by_rules_and_stored_programs_only_loses_char
         if "chunk_program" in record["metadata"]:
             record["metadata"]["chunk_program"] += REPLACING
     stored = {"doc_programmer": "stored", "chunk_programmer": "stored"}
-    replaced, _ = refine(tmp_path, "stored", full, **stored)
+    replaced, _ = refine_records(tmp_path, "stored", full, **stored)
     assert not subsequences(replaced)
-    executed, stats = refine(tmp_path, "stored-only", full, **stored, deletion_only=True)
+    executed, stats = refine_records(tmp_path, "stored-only", full, **stored, deletion_only=True)
     assert subsequences(executed)
     programs = [r for r in full if "chunk_program" in r["metadata"]]
     assert stats["edits_not_applied"] == len(programs) > 0
@@ -315,7 +298,7 @@ def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
     ]
     process, url = start_server()
     try:
-        served, stats = refine(
+        served, stats = refine_records(
             tmp_path, "openai", pages, doc_programmer="scripted", chunk_programmer="scripted",
             backend="openai", api_base=url, tokenizer=str(llama2_dir), deletion_only=True,
             thresholds=Thresholds(short_doc_words=3),
@@ -325,7 +308,7 @@ def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
         process.wait(timeout=10)
     assert subsequences(served) and stats["edits_not_applied"] == 4
     assert all("MENU" not in r["text"] and "&nbsp;" in r["text"] for r in served)
-    local, _ = refine(
+    local, _ = refine_records(
         tmp_path, "local", pages, doc_programmer=str(refiner), chunk_programmer=str(refiner),
         device="cpu", chunk_max_new_tokens=24, deletion_only=True,
     )  # fmt: skip
@@ -338,7 +321,7 @@ def test_the_datatrove_step_only_deletes(tmp_path):
 
     from proxkit.datatrove import ProxRefiner
 
-    rules, _ = refine(
+    rules, _ = refine_records(
         tmp_path, "rules", example_records()[:40], doc_programmer="rules", chunk_programmer="rules"
     )
     documents = []

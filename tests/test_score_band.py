@@ -4,33 +4,17 @@ with the chunk-stage time they saved estimated; a band without keep scores is re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from proxkit.config import ConfigError, RefineConfig
-from proxkit.pipeline.run import run
 from proxkit.pipeline.stats import RunStats
 from proxkit.report.collect import collect
 
-from conftest import read_jsonl, write_jsonl
+from conftest import refine_records
 
 TEXT = (
     "MENU Home | News\n" + "The river rose by two metres overnight and the town was flooded. " * 3
 )
-
-
-def refine(tmp_path: Path, name: str, records: list[dict], **options) -> tuple[list[dict], dict]:
-    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
-    config = RefineConfig(
-        inputs=(str(source),),
-        output=str(tmp_path / name),
-        output_format="jsonl",
-        workers=1,
-        **options,
-    )
-    stats = run(config, progress=False)
-    return read_jsonl(tmp_path / name / "part-00000-00000.jsonl"), stats.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -42,7 +26,7 @@ def refine(tmp_path: Path, name: str, records: list[dict], **options) -> tuple[l
         ({"backend": "openai"}, "backend openai"),
         ({"stages": ("chunk",)}, "run both stages"),
         ({"chunk_score_range": "0.9,0.5"}, "0 <= LO <= HI <= 1"),
-        ({"chunk_score_range": "0.5"}, "must be LO,HI"),
+        ({"chunk_score_range": "0.5"}, "a score range is LO,HI"),
     ],
 )
 def test_a_band_that_cannot_be_honoured_is_refused_at_start_up(options, message):
@@ -68,7 +52,7 @@ def test_documents_outside_the_band_pass_unchanged_with_their_own_outcome(tmp_pa
     scores = {"low": 0.3, "mid": 0.6, "edge": 0.9, "high": 0.95, "unscored": None}
     records = [{"id": k, "text": TEXT, "metadata": stored(s)} for k, s in scores.items()]
     options = {"doc_programmer": "stored", "chunk_programmer": "stored"}
-    out, stats = refine(tmp_path, "band", records, **options, chunk_score_range=(0.5, 0.9))
+    out, stats = refine_records(tmp_path, "band", records, **options, chunk_score_range=(0.5, 0.9))
     outcome = {r["id"]: r["metadata"]["prox"]["chunk"]["outcome"] for r in out}
     assert outcome == {
         "low": "below_score_band",
@@ -87,7 +71,7 @@ def test_documents_outside_the_band_pass_unchanged_with_their_own_outcome(tmp_pa
     report = collect(str(tmp_path / "band"), 10, 0, None)
     assert report.outcomes["chunk: above_score_band"] == 1
 
-    without, _ = refine(tmp_path, "all", records, **options)
+    without, _ = refine_records(tmp_path, "all", records, **options)
     assert {r["id"]: r["text"] for r in without}["high"] != TEXT  # the band made the difference
 
 
@@ -95,10 +79,10 @@ def test_a_model_scores_then_refines_only_inside_the_band(tmp_path, refiner):
     pages = [{"id": f"p{i}", "text": TEXT.replace("river", f"river {i}")} for i in range(6)]
     model = {"doc_programmer": str(refiner), "chunk_programmer": str(refiner), "device": "cpu"}
     model["doc_keep_threshold"] = 0.0  # every page kept: the band alone decides
-    scored, _ = refine(tmp_path, "scores", pages, **model, stages=("doc",))
+    scored, _ = refine_records(tmp_path, "scores", pages, **model, stages=("doc",))
     scores = sorted(r["metadata"]["prox"]["doc_info"]["keep_score"] for r in scored)
     high = (scores[2] + scores[3]) / 2  # half of the documents above the band
-    out, stats = refine(
+    out, stats = refine_records(
         tmp_path, "band", pages, **model, chunk_max_new_tokens=24, chunk_score_range=(0.0, high)
     )
     above = [r for r in out if r["metadata"]["prox"]["doc_info"]["keep_score"] > high]
