@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from proxkit.chunking import Chunk, number_lines
 from proxkit.program import RemoveLines, RemoveStr, is_subsequence
 from proxkit.program.executor import edit, lower_strict
+from proxkit.programmers.lm import Completion
 from proxkit.synth.align import align, myers
 from proxkit.synth.annotate import (
     AnnotateConfig,
     AnnotationExists,
     Annotator,
+    Teacher,
     clean_summary,
     prepare,
 )
@@ -237,3 +239,32 @@ def test_the_summary_says_how_much_of_the_cleaning_the_programs_reproduce():
     assert summary["teacher deleted characters"] == 5 + 7 + 6 + 5
     assert summary["fidelity (characters)"] == pytest.approx((12 + 5) / 23, abs=1e-6)
     assert summary["inexpressible replaced characters"] == 6
+
+
+class ScriptedClient:
+    """Answers each request with the next completion, and keeps what it was sent."""
+
+    def __init__(self, answers: list[Completion]) -> None:
+        self.answers, self.sent = answers, []
+
+    def complete(self, payloads):
+        self.sent += payloads
+        return [self.answers.pop(0) for _ in payloads]
+
+
+def test_a_cut_answer_is_recorded_at_once_and_a_missing_marker_is_asked_again():
+    teacher = Teacher.__new__(Teacher)  # no server: the client is scripted
+    teacher.model = "t"
+    teacher.client = ScriptedClient(
+        [
+            Completion("<<<CLEAN\nThe river", hit_limit=True),
+            Completion("The river rose by two metres overnight."),
+            Completion("<<<CLEAN\nThe river rose by two metres overnight.\nCLEAN>>>"),
+        ]
+    )
+    read = lambda text: read_clean_answer(text, CHUNK, max_insertion=20)  # noqa: E731
+    cut, fixed = teacher.ask([[{"role": "user", "content": "a"}]] * 2, [read, read], 100)
+    assert cut.error.kind == "truncated_by_limit" and len(cut.attempts) == 1
+    assert fixed.error is None and len(fixed.attempts) == 2
+    assert fixed.attempts[0]["error"].startswith("no_markers")
+    assert "must follow a line <<<CLEAN" in teacher.client.sent[-1]["messages"][-1]["content"]

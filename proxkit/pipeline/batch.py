@@ -170,9 +170,8 @@ class BatchProcessor:
             doc_results,
             survivors,
             chunk_pending,
-            None,
-            gated,
-            seconds,
+            gated=gated,
+            chunk_seconds=seconds,
         )
 
     def _gated(self, kept: list[int], doc_written: list[Written]) -> dict[int, Outcome]:
@@ -186,6 +185,18 @@ class BatchProcessor:
             if isinstance(score, (int, float)) and not low <= score <= high:
                 gated[i] = Outcome.ABOVE_SCORE_BAND if score > high else Outcome.BELOW_SCORE_BAND
         return gated
+
+    def _chunk_result(
+        self, text: str, written: Written, gated: Outcome | None
+    ) -> ExecutionResult | None:
+        """The chunk program executed; for a document the score band kept from the chunk
+        stage, its text unchanged with the reason as outcome; None without a program."""
+        if gated is not None:
+            words = len(text.split())
+            return ExecutionResult(text, gated, words_before=words, words_after=words)
+        if written.program is None:
+            return None
+        return execute_chunk(text, written.program, self.mode, self.thresholds, self.deletion_only)
 
     def _finish(self, started: Started) -> BatchOutput:
         originals = started.originals
@@ -202,15 +213,7 @@ class BatchProcessor:
         for index, (document, doc_w, doc_result, chunk_w) in enumerate(
             zip(originals, started.doc_written, started.doc_results, chunk_written)
         ):
-            chunk_result = (
-                execute_chunk(
-                    document.text, chunk_w.program, self.mode, self.thresholds, self.deletion_only
-                )
-                if chunk_w.program is not None
-                else _passed(document.text, started.gated[index])
-                if index in started.gated
-                else None
-            )
+            chunk_result = self._chunk_result(document.text, chunk_w, started.gated.get(index))
             info: dict[str, Any] = {"deletion_only": True} if self.deletion_only else {}
             if doc_w.info:
                 info["doc_info"] = dict(doc_w.info)
@@ -237,12 +240,6 @@ class BatchProcessor:
                 [r[refined_field(self.fields)] for r in output.records]
             )
         return output
-
-
-def _passed(text: str, outcome: Outcome) -> ExecutionResult:
-    """A document the score band kept from the chunk stage: unchanged, with why."""
-    words = len(text.split())
-    return ExecutionResult(text, outcome, words_before=words, words_after=words)
 
 
 def _rejected(document: Document, error: Exception) -> BatchOutput:
