@@ -216,8 +216,8 @@ def test_clean_mode_annotate_sft_train_evaluate(teacher, llama2_dir, tmp_path):
     assert manifest["left_out"]["chunk: teacher failed"] == 3
     random_llama(tmp_path / "base", llama2_dir)
     report = train(
-        TrainConfig(str(sft), str(tmp_path / "base"), str(tmp_path / "trained"), max_steps=12,
-                    learning_rate=3e-3, batch_size=8),
+        TrainConfig(str(sft), str(tmp_path / "base"), str(tmp_path / "trained"), max_steps=6,
+                    learning_rate=3e-3, batch_size=4),
         progress=False,
     )  # fmt: skip
     assert report["validation_loss_after"] < report["validation_loss_before"]
