@@ -66,30 +66,6 @@ def score_range(value: Any) -> tuple[float, float]:
     return low, high
 
 
-def score_band(config: RefineConfig) -> tuple[float, float]:
-    """`chunk_score_range` read and checked: it needs keep scores, which only a model doc
-    programmer scoring in one pass gives, or stored programs written by one (what the band
-    does: pipeline/batch.py)."""
-    from proxkit.programmers import needs_model
-
-    try:
-        band = score_range(config.chunk_score_range)
-    except ValueError as exc:
-        raise ConfigError(f"chunk_score_range: {exc}") from None
-    if tuple(config.stages) != STAGES:
-        raise ConfigError("chunk_score_range gates the chunk stage on doc scores: run both stages")
-    spec = config.doc_programmer
-    scored = needs_model(spec) and config.doc_scoring == "forward" and config.backend != "openai"
-    if not (scored or spec == "stored"):
-        raise ConfigError(
-            f"chunk_score_range needs doc-level keep scores, and this doc programmer ({spec}, "
-            f"backend {config.backend}, doc scoring {config.doc_scoring}) gives none: they come "
-            "from a model doc programmer scoring in one pass (--doc-scoring forward, backend "
-            "transformers or vllm), or from stored programs written by one"
-        )
-    return band
-
-
 @dataclass(frozen=True)
 class RefineConfig:
     inputs: tuple[str, ...] = option(
@@ -353,7 +329,11 @@ class RefineConfig:
         if self.max_batch_size < 1 or self.kv_cache_tokens < 0 or self.threads < 0:
             raise ConfigError("max_batch_size must be >= 1, kv_cache_tokens >= 0, threads >= 0")
         if self.chunk_score_range is not None:
-            object.__setattr__(self, "chunk_score_range", score_band(self))
+            try:
+                band = score_range(self.chunk_score_range)
+            except ValueError as exc:
+                raise ConfigError(f"chunk_score_range: {exc}") from None
+            object.__setattr__(self, "chunk_score_range", band)
 
     @classmethod
     def load(

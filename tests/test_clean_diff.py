@@ -51,13 +51,13 @@ def checked(a: str, b: str, blocks) -> int:
 
 
 @given(st.text("ab\n", max_size=16), st.text("ab\n", max_size=16))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_myers_finds_a_longest_common_subsequence(a, b):
     assert checked(a, b, myers(a, b)) == lcs_length(a, b)
 
 
 @given(st.text("ab \n", max_size=40), st.data())
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_a_teacher_that_only_deletes_is_aligned_with_deletions_only(original, data):
     keep = data.draw(st.lists(st.booleans(), min_size=len(original), max_size=len(original)))
     cleaned = "".join(c for c, k in zip(original, keep) if k)
@@ -137,7 +137,7 @@ plans = st.sampled_from(["keep", "drop", "cut", "empty"])
 
 
 @given(documents, st.data())
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_derived_programs_run_as_derived_and_never_cut_what_the_teacher_kept(lines, data):
     """The scripted teacher: per line keep it, drop it, cut a word from it, or empty it."""
     kept: list[str] = []
@@ -161,7 +161,7 @@ def test_derived_programs_run_as_derived_and_never_cut_what_the_teacher_kept(lin
 
 
 @given(st.text("ab \n", max_size=30), st.text("abc \n", max_size=30))
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_any_teacher_text_gives_a_program_that_only_deletes(original, cleaned):
     derived = derive(original, cleaned)
     executed = edit(original, lower_strict(derived.program.to_text()))

@@ -182,7 +182,7 @@ small_normalize = st.builds(Normalize, pieces, st.text(st.sampled_from("ab &!x")
     st.sampled_from(["strict", "reference"]),
     st.integers(0, 3),
 )
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None)
 def test_deletion_only_outputs_are_always_subsequences_of_their_input(text, ops, mode, limit):
     program = Program(tuple(ops)).to_text()
     result = execute_chunk(
@@ -195,7 +195,7 @@ def test_deletion_only_outputs_are_always_subsequences_of_their_input(text, ops,
 
 
 @given(st.text(st.sampled_from("ab\n"), max_size=30), st.text(st.sampled_from("ab\n"), max_size=30))
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None)
 def test_is_subsequence_agrees_with_its_definition(part, whole):
     remaining = iter(whole)
     assert is_subsequence(part, whole) == all(char in remaining for char in part)

@@ -118,7 +118,7 @@ def test_deletion_only_evaluation_compares_what_would_be_applied():
         max_size=5,
     ),
 )
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_each_deleted_character_is_counted_once(text, ops):
     program = Program(tuple(ops)).to_text()
     edited = edit(text, lower_strict(program))

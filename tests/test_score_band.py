@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from proxkit.config import ConfigError, RefineConfig
+from proxkit.pipeline.batch import check_score_band
 from proxkit.pipeline.stats import RunStats
 from proxkit.report.collect import collect
 
@@ -25,13 +26,26 @@ TEXT = (
         ({"doc_scoring": "generate"}, "doc scoring generate"),
         ({"backend": "openai"}, "backend openai"),
         ({"stages": ("chunk",)}, "run both stages"),
-        ({"chunk_score_range": "0.9,0.5"}, "0 <= LO <= HI <= 1"),
-        ({"chunk_score_range": "0.5"}, "a score range is LO,HI"),
     ],
 )
-def test_a_band_that_cannot_be_honoured_is_refused_at_start_up(options, message):
+def test_a_band_that_cannot_be_honoured_is_refused_at_start_up(tmp_path, options, message):
+    config = RefineConfig.from_dict({"chunk_score_range": "0.5,0.9", **options})
     with pytest.raises(ConfigError, match=message):
-        RefineConfig.from_dict({"chunk_score_range": "0.5,0.9", **options})
+        check_score_band(config)
+    if options.get("doc_programmer") == "rules":  # a whole run stops before writing anything
+        with pytest.raises(ConfigError, match=message):
+            refine_records(tmp_path, "run", [{"id": "a", "text": TEXT}], **options,
+                           chunk_programmer="rules", chunk_score_range=(0.5, 0.9))  # fmt: skip
+        assert not list((tmp_path / "run").glob("part-*"))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0.9,0.5", "0 <= LO <= HI <= 1"), ("0.5", "a score range is LO,HI"), ("a,b", "LO,HI")],
+)
+def test_a_band_that_is_not_one_is_refused_with_the_configuration(value, message):
+    with pytest.raises(ConfigError, match=message):
+        RefineConfig.from_dict({"chunk_score_range": value})
 
 
 def test_a_band_read_from_a_flag_or_yaml_is_two_numbers():

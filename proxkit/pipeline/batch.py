@@ -286,10 +286,33 @@ def uses_models(config: RefineConfig) -> bool:
     return any(needs_model(getattr(config, f"{stage}_programmer")) for stage in config.stages)
 
 
+def check_score_band(config: RefineConfig) -> None:
+    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which only a
+    model doc programmer scoring in one pass gives (transformers or vLLM), or stored programs
+    written by one, and both stages."""
+    from proxkit.config import ConfigError
+    from proxkit.programmers import needs_model
+
+    if config.chunk_score_range is None:
+        return
+    if set(config.stages) != {"doc", "chunk"}:
+        raise ConfigError("chunk_score_range gates the chunk stage on doc scores: run both stages")
+    spec = config.doc_programmer
+    scored = needs_model(spec) and config.doc_scoring == "forward" and config.backend != "openai"
+    if not (scored or spec == "stored"):
+        raise ConfigError(
+            f"chunk_score_range needs doc-level keep scores, and this doc programmer ({spec}, "
+            f"backend {config.backend}, doc scoring {config.doc_scoring}) gives none: they come "
+            "from a model doc programmer scoring in one pass (--doc-scoring forward, backend "
+            "transformers or vllm), or from stored programs written by one"
+        )
+
+
 def build_processor(config: RefineConfig) -> BatchProcessor:
     """The configured programmers (a model loaded here) in a processor."""
     from proxkit.programmers import make_programmers
 
+    check_score_band(config)
     programmers = make_programmers(config)
     return BatchProcessor(
         doc_programmer=programmers.get("doc"),
