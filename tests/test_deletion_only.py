@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from proxkit.chunking import Chunk
 from proxkit.pipeline.stats import RunStats
+from proxkit.pipeline.verify import verify
 from proxkit.program import (
     Normalize,
     Outcome,
@@ -281,6 +282,8 @@ def test_the_example_corpus_refined_by_rules_and_stored_programs_only_loses_char
     assert not subsequences(replaced)
     executed, stats = refine_records(tmp_path, "stored-only", full, **stored, deletion_only=True)
     assert subsequences(executed)
+    for run in ("rules-only", "stored-only"):  # the auditor rebuilds them as they were made
+        assert verify(tmp_path / run).problems == []
     programs = [r for r in full if "chunk_program" in r["metadata"]]
     assert stats["edits_not_applied"] == len(programs) > 0
     assert "edits not applied (not deletions)" in dict(RunStats.from_dict(stats).summary_lines())

@@ -9,6 +9,7 @@ import pytest
 from proxkit.config import ConfigError, RefineConfig
 from proxkit.pipeline.batch import check_score_band
 from proxkit.pipeline.stats import RunStats
+from proxkit.pipeline.verify import verify
 from proxkit.report.collect import collect
 
 from conftest import refine_records
@@ -84,6 +85,7 @@ def test_documents_outside_the_band_pass_unchanged_with_their_own_outcome(tmp_pa
     assert "40.0% of the kept characters" in rows["chunk stage time saved (estimated)"]
     report = collect(str(tmp_path / "band"), 10, 0, None)
     assert report.outcomes["chunk: above_score_band"] == 1
+    assert verify(tmp_path / "band").problems == []  # the auditor gates as the run did
 
     without, _ = refine_records(tmp_path, "all", records, **options)
     assert {r["id"]: r["text"] for r in without}["high"] != TEXT  # the band made the difference

@@ -176,24 +176,15 @@ class BatchProcessor:
 
     def _gated(self, kept: list[int], doc_written: list[Written]) -> dict[int, Outcome]:
         """The kept documents whose keep score lies outside the band (module doc)."""
-        if self.score_band is None:
-            return {}
-        low, high = self.score_band
-        gated = {}
-        for i in kept:
-            score = doc_written[i].info.get("keep_score")
-            if isinstance(score, (int, float)) and not low <= score <= high:
-                gated[i] = Outcome.ABOVE_SCORE_BAND if score > high else Outcome.BELOW_SCORE_BAND
-        return gated
+        outcomes = {i: band_outcome(doc_written[i].info, self.score_band) for i in kept}
+        return {i: outcome for i, outcome in outcomes.items() if outcome is not None}
 
     def _chunk_result(
         self, text: str, written: Written, gated: Outcome | None
     ) -> ExecutionResult | None:
-        """The chunk program executed; for a document the score band kept from the chunk
-        stage, its text unchanged with the reason as outcome; None without a program."""
+        """The chunk program executed, or the band's outcome; None without a program."""
         if gated is not None:
-            words = len(text.split())
-            return ExecutionResult(text, gated, words_before=words, words_after=words)
+            return passed(text, gated)
         if written.program is None:
             return None
         return execute_chunk(text, written.program, self.mode, self.thresholds, self.deletion_only)
@@ -240,6 +231,24 @@ class BatchProcessor:
                 [r[refined_field(self.fields)] for r in output.records]
             )
         return output
+
+
+def band_outcome(doc_info: Any, band: tuple[float, float] | None) -> Outcome | None:
+    """Where the keep score in a document's doc-stage details puts it: outside the band (the
+    chunk stage is not run: its outcome), or None (run it; also without a band or a score)."""
+    score = doc_info.get("keep_score") if isinstance(doc_info, dict) else None
+    if band is None or isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None
+    low, high = band
+    if score > high:
+        return Outcome.ABOVE_SCORE_BAND
+    return Outcome.BELOW_SCORE_BAND if score < low else None
+
+
+def passed(text: str, outcome: Outcome) -> ExecutionResult:
+    """A document the score band kept from the chunk stage: its text unchanged, and why."""
+    words = len(text.split())
+    return ExecutionResult(text, outcome, words_before=words, words_after=words)
 
 
 def _rejected(document: Document, error: Exception) -> BatchOutput:
