@@ -287,7 +287,8 @@ def inspect(**flags: Any) -> None:
 @options.command(AnnotateConfig)
 def annotate(config_file: ConfigFile = None, quiet: Quiet = False, **flags: Any) -> None:
     """Have a teacher LLM label a seeded, length-stratified sample: doc-level scores mapped to
-    keep/drop, and a program per chunk. Re-running the same command resumes."""
+    keep/drop, and a program per chunk, written by the teacher or derived from the chunk as it
+    cleaned it (--teacher-mode clean). Re-running the same command resumes."""
     from proxkit.synth.annotate import AnnotationExists, run_annotate
     from proxkit.synth.rubric import RubricError
 
@@ -300,6 +301,7 @@ def annotate(config_file: ConfigFile = None, quiet: Quiet = False, **flags: Any)
         "annotated now / before": f"{summary['annotated_now']} / {summary['already_done']}",
         **{f"doc {k}": v for k, v in summary["doc"].items()},
         **{f"chunk {k}": v for k, v in summary["chunk"].items()},
+        **{f"clean {k}": v for k, v in summary.get("clean", {}).items()},
     }
     _table("prox annotate", rows.items())
     _say(f"annotations: {Path(config.output) / 'annotations.jsonl'}; next: prox sft-data")
@@ -342,7 +344,14 @@ def train(config_file: ConfigFile = None, quiet: Quiet = False, **flags: Any) ->
     _say(f"checkpoint: {config.output}; use it with --doc-programmer / --chunk-programmer")
 
 
-EVALUATE = ("doc_programmer", "chunk_programmer", "stages", "tokenizer", *options.MODELS)
+EVALUATE = (
+    "doc_programmer",
+    "chunk_programmer",
+    "stages",
+    "tokenizer",
+    "deletion_only",
+    *options.MODELS,
+)
 
 
 @app.command()
@@ -361,7 +370,8 @@ def evaluate(
 ) -> None:
     """Score a programmer against held-out teacher annotations: doc-level accuracy, drop
     precision/recall/F1 and keep-score calibration; chunk-level line-removal P/R/F1, normalize
-    matches, malformed programs and words kept."""
+    matches, malformed programs, words kept, and deleted characters (over- and
+    under-deletion)."""
     from proxkit.evaluate.run import evaluate as run_evaluation
 
     both = {"doc_programmer": programmer, "chunk_programmer": programmer} if programmer else {}

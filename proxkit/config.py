@@ -54,6 +54,18 @@ MODEL_PROGRAMMER = (
 )
 
 
+def score_range(value: Any) -> tuple[float, float]:
+    """A keep-score band from "LO,HI" or [LO, HI], with 0 <= LO <= HI <= 1."""
+    pieces = value.split(",") if isinstance(value, str) else value
+    try:
+        low, high = (float(piece) for piece in pieces)
+    except (TypeError, ValueError):
+        raise ValueError(f"a score range is LO,HI (e.g. 0.5,0.9), got {value!r}") from None
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"a score range needs 0 <= LO <= HI <= 1, got {low},{high}")
+    return low, high
+
+
 @dataclass(frozen=True)
 class RefineConfig:
     inputs: tuple[str, ...] = option(
@@ -101,6 +113,22 @@ class RefineConfig:
                 "Drop a refined text of at most this many words.", THRESHOLDS
             ),
         },
+    )
+    deletion_only: bool = option(
+        False,
+        "Apply only edits that delete (remove_lines, remove_str, a normalize whose target is "
+        "its source with characters removed); the others are recorded in metadata.prox and "
+        "counted, and every output is checked to be a subsequence of its input.",
+        THRESHOLDS,
+    )
+    chunk_score_range: tuple[float, float] | None = option(
+        None,
+        "LO,HI: the chunk stage refines only the kept documents whose doc keep score is in "
+        "[LO, HI]; the others pass unchanged, counted (needs keep scores: a model doc "
+        "programmer with --doc-scoring forward, or stored ones).",
+        THRESHOLDS,
+        parse=score_range,
+        show=lambda band: f"{band[0]},{band[1]}",
     )
     text_field: str = option("text", "Record field holding the document text.", INPUT_OUTPUT)
     id_field: str = option(
@@ -300,6 +328,12 @@ class RefineConfig:
             raise ConfigError(f"replicas are devices such as cuda:0 or cpu, got {bad[0]!r}")
         if self.max_batch_size < 1 or self.kv_cache_tokens < 0 or self.threads < 0:
             raise ConfigError("max_batch_size must be >= 1, kv_cache_tokens >= 0, threads >= 0")
+        if self.chunk_score_range is not None:
+            try:
+                band = score_range(self.chunk_score_range)
+            except ValueError as exc:
+                raise ConfigError(f"chunk_score_range: {exc}") from None
+            object.__setattr__(self, "chunk_score_range", band)
 
     @classmethod
     def load(

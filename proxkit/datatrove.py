@@ -17,8 +17,10 @@ empty text, as `prox refine` keeps them (`dropped="keep"`), or leave the pipelin
 `exclusion_writer` if one is given (`dropped="exclude"`), like a datatrove filter's. A
 document whose refining fails is passed on unchanged, with the reason in
 `metadata.prox.rejected`. datatrove's stats count documents kept, dropped (by reason), refined
-and rejected. Programmers are built inside `run`, once per task: under datatrove's Slurm
-executor with one GPU per task, each task loads its model once, on its GPU.
+and rejected, and where they happen, edits `deletion_only=True` left out, outputs it refused
+as not subsequences, and documents a `chunk_score_range` kept from the chunk stage.
+Programmers are built inside `run`, once per task: under datatrove's Slurm executor with one
+GPU per task, each task loads its model once, on its GPU.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ProxRefiner(PipelineStep):
         **options: Any,
     ) -> None:
         """`options`: any `prox refine` setting (`RefineConfig` field), e.g. `stages=("doc",)`,
-        `backend="vllm"`, `short_doc_words=20`, `batch_size=512`."""
+        `backend="vllm"`, `short_doc_words=20`, `batch_size=512`, `deletion_only=True`."""
         super().__init__()
         if dropped not in DROPPED:
             raise ConfigError(f"dropped must be one of {DROPPED}, got {dropped!r}")
@@ -109,6 +111,11 @@ class ProxRefiner(PipelineStep):
                 self.stat_update(label, value=getattr(stats, label))
         for reason, count in stats.drop_reasons.items():
             self.stat_update(f"dropped_{reason}", value=count)
+        if stats.edits_not_applied:
+            self.stat_update("edits_not_applied", value=stats.edits_not_applied)
+        for outcome in ("not_a_subsequence", "above_score_band", "below_score_band"):
+            if stats.outcomes.get(f"chunk:{outcome}"):
+                self.stat_update(f"chunk_{outcome}", value=stats.outcomes[f"chunk:{outcome}"])
 
 
 def _document(document: DatatroveDocument, index: int) -> Document:

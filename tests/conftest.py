@@ -75,6 +75,21 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def refine_records(
+    tmp_path: Path, name: str, records: list[dict], **options
+) -> tuple[list[dict], dict]:
+    """`records` refined in-process by `prox refine`'s runner into one JSONL file: the output
+    records and the run's statistics."""
+    from proxkit.config import RefineConfig
+    from proxkit.pipeline.run import run
+
+    source = write_jsonl(tmp_path / f"{name}.jsonl", records)
+    options = {"output_format": "jsonl", "workers": 1, **options}
+    config = RefineConfig(inputs=(str(source),), output=str(tmp_path / name), **options)
+    stats = run(config, progress=False)
+    return read_jsonl(tmp_path / name / "part-00000-00000.jsonl"), stats.to_dict()
+
+
 def example_records() -> list[dict]:
     """The shipped example corpus, as records."""
     return read_jsonl(EXAMPLE_CORPUS)

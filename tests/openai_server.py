@@ -6,7 +6,8 @@ It serves POST /v1/completions and /v1/chat/completions (the user message is the
 
 Without --model it answers like a scripted refining model: doc prompts get drop_doc() when the
 document holds "SPAM", else keep_doc(); chunk prompts get remove_lines() for numbered lines
-holding "MENU", else keep_doc(). With --model it serves a local causal LM through the
+holding "MENU" and normalize("&nbsp;", " ") where the chunk holds "&nbsp;", else keep_doc().
+With --teacher it answers as a scripted teacher (`teacher`). With --model it serves a local causal LM through the
 transformers backend, so real model outputs cross the real API.
 
 Faults are asked for by markers in the prompt, counted per distinct prompt:
@@ -41,16 +42,38 @@ def scripted(prompt: str) -> str:
         if "MENU" in match.group(2):
             line = int(match.group(1))
             program.append(f"remove_lines(line_start={line}, line_end={line})")
+    if "&nbsp;" in prompt:
+        program.append('normalize(source_str="&nbsp;", target_str=" ")')
     return "\n".join(program) or "keep_doc()"
+
+
+def cleaning_teacher(text: str, retry: bool) -> str:
+    """The scripted teacher of `prox annotate --teacher-mode clean`: deletes the lines holding
+    MENU and the strings " [edit]", and writes a space for "&nbsp;" (a replacement). Markers:
+    TEACHER:fixable (no markers, then good on the retry), TEACHER:outofrange (a refusal between
+    the markers), TEACHER:syntax (no end marker) and TEACHER:rewrite (adds a sentence)."""
+    if "TEACHER:fixable" in text and not retry:
+        return text
+    if "TEACHER:outofrange" in text:
+        return "<<<CLEAN\nI'm sorry, but I can't help with that.\nCLEAN>>>"
+    cleaned = "\n".join(line for line in text.split("\n") if "MENU" not in line)
+    cleaned = cleaned.replace(" [edit]", "").replace("&nbsp;", " ")
+    if "TEACHER:rewrite" in text:
+        cleaned += "\nIn short, the page explains it all clearly."
+    return "<<<CLEAN\n" + cleaned + ("" if "TEACHER:syntax" in text else "\nCLEAN>>>")
 
 
 def teacher(messages: list[dict]) -> str:
     """A scripted teacher for `prox annotate`. Documents holding "CLICK" (spam) score low; chunk lines
     holding MENU are removed and "&nbsp;" is normalized. Markers ask for bad answers:
     TEACHER:nonjson, TEACHER:refuse, TEACHER:missing (always), TEACHER:fixable (bad, then good
-    on the retry), TEACHER:outofrange and TEACHER:syntax (chunk programs, always)."""
+    on the retry), TEACHER:outofrange and TEACHER:syntax (chunk programs, always). Chunks sent
+    to be cleaned (between <<<TEXT and TEXT>>>) go to `cleaning_teacher`."""
     first_ask = messages[1]["content"]
     retry = len(messages) > 2
+    if "<<<TEXT\n" in first_ask:
+        text = first_ask.split("<<<TEXT\n", 1)[1].rsplit("\nTEXT>>>", 1)[0]
+        return cleaning_teacher(text, retry)
     if "educational_value" in first_ask:
         document = first_ask.split("<<<DOCUMENT", 1)[1]
         if "TEACHER:nonjson" in document or ("TEACHER:fixable" in document and not retry):

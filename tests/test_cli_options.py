@@ -159,6 +159,8 @@ def _non_default(item: options.Declared) -> Any:
         "api_mode": "chat",
         "inputs": ("a.jsonl", "b.jsonl"),
         "ids": ("x", "y"),
+        "chunk_score_range": (0.25, 0.75),
+        "teacher_mode": "clean",
     }
     if item.name in special:
         return special[item.name]

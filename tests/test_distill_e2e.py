@@ -33,7 +33,9 @@ MARKED = {  # document index -> teacher fault marker
 }  # documents 1, 5, 9, ... hold spam lines
 
 
-def corpus(path: Path, count: int = 40) -> None:
+def corpus(path: Path, count: int = 40, cuts: bool = False) -> None:
+    """Documents with a MENU line, spam in every fourth, "&nbsp;" in every third, and teacher
+    fault markers; with `cuts`, also " [edit]" in every other and a rewrite marker."""
     rng = random.Random(7)
     lines = []
     for i in range(count):
@@ -43,8 +45,12 @@ def corpus(path: Path, count: int = 40) -> None:
         body.insert(0, "MENU Home | News | Contact")
         if i % 3 == 0:
             body[2] = body[2].replace(" ", "&nbsp;", 1)
+        if cuts and i % 2 == 0:
+            body[3] += " [edit]"
         if i in MARKED:
             body.append(f"Note {MARKED[i]}")
+        elif cuts and i == 12:
+            body.append("Note TEACHER:rewrite")
         lines.append(json.dumps({"id": f"doc-{i:02d}", "text": "\n".join(body)}))
     lines.insert(20, '{"id": "broken", "text": ')  # a malformed record: counted, not fatal
     path.write_text("\n".join(lines) + "\n")
@@ -164,6 +170,69 @@ def test_annotate_sft_train_evaluate_refine(teacher, llama2_dir, tmp_path):
     prox("report", str(refined))
     html = (refined / "report.html").read_text()
     assert "Doc-level keep score of 6 documents" in html and "keep score 0." in html
+
+
+def test_clean_mode_annotate_sft_train_evaluate(teacher, llama2_dir, tmp_path):
+    """Clean-then-diff on the scripted cleaning teacher (tests/openai_server.py): every deletion
+    it makes comes back as a program, and the programs train and evaluate like any others."""
+    from proxkit.config import RefineConfig
+    from proxkit.evaluate.run import evaluate
+    from proxkit.synth.sft import SFTConfig, write_sft_data
+    from proxkit.testing import random_llama
+    from proxkit.train.trainer import TrainConfig, train
+
+    source = tmp_path / "corpus.jsonl"
+    corpus(source, count=16, cuts=True)
+    annotations = tmp_path / "annotations"
+    prox(
+        "annotate", str(source), "-o", str(annotations), "--teacher-model", "scripted-teacher",
+        "--api-base", teacher, "--tokenizer", str(llama2_dir), "--teacher-mode", "clean", "--quiet",
+    )  # fmt: skip
+    summary = json.loads((annotations / "summary.json").read_text())
+    assert summary["chunk"]["failed: unrelated"] == 1  # doc 11: a refusal between the markers
+    assert summary["chunk"]["failed: no_end_marker"] == 1  # doc 14
+    assert summary["chunk"]["failed: rewritten"] == 1  # doc 12: a sentence added, twice
+    assert summary["chunk"]["fixed on retry"] == 1  # doc 10: no markers, then good
+    records = {r["id"]: r for r in map(json.loads, (annotations / "annotations.jsonl").open())}
+    assert {r["teacher"]["chunk_rubric"] for r in records.values()} == {"clean-v1"}
+    first = records["doc-00"]["chunks"][0]
+    assert first["program"] == (
+        'remove_lines(line_start=0, line_end=0)\nremove_str(line=3, del_str=" [edit]")'
+    )
+    assert first["cleaned"].count("\n") == 3 and "MENU" not in first["cleaned"]
+    derived = [c for r in records.values() for c in r["chunks"] or [] if c["ok"]]
+    assert len(derived) == summary["clean"]["chunks"] == summary["chunk"]["ok"]
+    for chunk in derived:  # every deletion of the teacher's is reproduced
+        numbers = chunk["derivation"]
+        replaced = numbers["inexpressible_chars"]["replaced"]
+        assert numbers["reproduced_chars"] == numbers["deleted_chars"] - replaced
+        assert numbers["exact"] == (replaced == 0) and (replaced == 0) == (
+            "&nbsp;" not in chunk["text"]
+        )
+    assert summary["clean"]["inexpressible replaced characters"] > 0
+
+    sft = tmp_path / "sft"
+    manifest = write_sft_data(SFTConfig(str(annotations), str(sft), str(llama2_dir), 0.25))
+    assert manifest["left_out"]["chunk: teacher failed"] == 3
+    random_llama(tmp_path / "base", llama2_dir)
+    report = train(
+        TrainConfig(str(sft), str(tmp_path / "base"), str(tmp_path / "trained"), max_steps=6,
+                    learning_rate=3e-3, batch_size=4),
+        progress=False,
+    )  # fmt: skip
+    assert report["validation_loss_after"] < report["validation_loss_before"]
+    settings = {"chunk_max_new_tokens": 24, "device": "cpu", "deletion_only": True}
+    model = str(tmp_path / "trained")
+    scores = evaluate(
+        str(sft / "heldout.jsonl"),
+        RefineConfig(doc_programmer=model, chunk_programmer=model, **settings),
+    )
+    characters = scores["chunk"]["characters"]
+    assert characters["teacher_deleted"] > 0 and scores["chunk"]["malformed_rate"] == 0.0
+    assert (
+        characters["under_deleted"] + characters["deleted"] - characters["over_deleted"]
+        == (characters["teacher_deleted"])
+    )
 
 
 def test_teacher_request_failures_are_recorded_and_not_asked_again(teacher, llama2_dir, tmp_path):

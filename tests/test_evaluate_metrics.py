@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxkit.evaluate.metrics import (
     calibration,
     chunk_scores,
+    deleted_spans,
     drop_scores,
     edits_of,
     precision_recall_f1,
 )
+from proxkit.program import Normalize, Program, RemoveLines, RemoveStr
+from proxkit.program.executor import edit, lower_strict
 
 
 def test_drop_scores():
@@ -75,3 +80,51 @@ def test_chunk_scores():
         "documents": 1,
     }
     assert scores["malformed_rate"] == 0.0
+
+
+def test_deleted_characters_compare_as_over_and_under_deletion():
+    text = "menu\nThe river rose. [edit]\nfooter"
+    teacher = edits_of(text, 'remove_lines(0, 0)\nremove_str(line=1, del_str=" [edit]")')
+    assert teacher.deleted == ((0, 5), (20, 27))
+    student = edits_of(text, "remove_lines(0, 1)\nremove_lines(2, 2)")
+    assert student.deleted == ((0, len(text)),)
+    scores = chunk_scores([student], [teacher])["characters"]
+    kept_by_teacher = len(text) - 12
+    assert scores["over_deleted"] == kept_by_teacher and scores["under_deleted"] == 0
+    assert scores["over_deletion_rate"] == 1.0 and scores["under_deletion_rate"] == 0.0
+    assert scores["recall"] == 1.0 and scores["precision"] == pytest.approx(12 / len(text))
+    same = chunk_scores([teacher], [teacher])["characters"]
+    assert same["over_deleted"] == same["under_deleted"] == 0 and same["f1"] == 1.0
+
+
+def test_deletion_only_evaluation_compares_what_would_be_applied():
+    text = "menu\na&nbsp;b c d\nfooter"
+    program = 'normalize("&nbsp;", " ")\nremove_lines(0, 0)'
+    replaced = edits_of(text, program).deleted  # a replaced character counts as deleted
+    assert replaced[0] == (0, 5) and sum(end - start for start, end in replaced) == 5 + 6
+    only = edits_of(text, program, deletion_only=True)
+    assert only.deleted == ((0, 5),) and only.not_applied == 1
+    assert chunk_scores([only], [only])["edits_not_applied"] == 1
+
+
+@given(
+    st.lists(st.text("ab &", max_size=10), min_size=1, max_size=6).map("\n".join),
+    st.lists(
+        st.one_of(
+            st.builds(RemoveLines, st.integers(0, 3), st.integers(3, 7)),
+            st.builds(RemoveStr, st.integers(0, 5), st.text("ab &", min_size=1, max_size=3)),
+            st.builds(Normalize, st.text("ab &", min_size=2, max_size=3)),
+        ),
+        max_size=5,
+    ),
+)
+@settings(max_examples=400, deadline=None)
+def test_each_deleted_character_is_counted_once(text, ops):
+    program = Program(tuple(ops)).to_text()
+    edited = edit(text, lower_strict(program))
+    spans = deleted_spans(text, edited)
+    assert sum(end - start for start, end in spans) == len(text) - len(edited.text)
+    kept = "".join(
+        text[end:start] for (_, end), (start, _) in zip([(0, 0), *spans], [*spans, (len(text), 0)])
+    )
+    assert kept == edited.text

@@ -1,7 +1,8 @@
 """`prox evaluate`: run a programmer on held-out annotated documents and compare its programs
 with the teacher's (doc level where the teacher's label is valid; chunk level where every chunk
 of the document has a valid teacher program). Any programmer works: the rules, a model folder,
-a served model, with the same settings as `prox refine`.
+a served model, with the same settings as `prox refine`; with `deletion_only`, both sides'
+programs are compared as a deletion-only run would apply them.
 """
 
 from __future__ import annotations
@@ -59,13 +60,18 @@ def evaluate_doc(records: Sequence[dict[str, Any]], programmer: Programmer) -> d
     }
 
 
-def evaluate_chunk(records: Sequence[dict[str, Any]], programmer: Programmer) -> dict[str, Any]:
+def evaluate_chunk(
+    records: Sequence[dict[str, Any]], programmer: Programmer, deletion_only: bool = False
+) -> dict[str, Any]:
     labelled = [r for r in records if r.get("chunks") and all(c["ok"] for c in r["chunks"])]
     if not labelled:
         return {"documents": 0}
     written = programmer.write("chunk", _documents(labelled))
-    predicted = [edits_of(r["text"], w.program) for r, w in zip(labelled, written)]
-    teacher = [edits_of(r["text"], "\n".join(c["program"] for c in r["chunks"])) for r in labelled]
+    predicted = [edits_of(r["text"], w.program, deletion_only) for r, w in zip(labelled, written)]
+    teacher = [
+        edits_of(r["text"], "\n".join(c["program"] for c in r["chunks"]), deletion_only)
+        for r in labelled
+    ]
     return {"programmer": programmer.name, **chunk_scores(predicted, teacher)}
 
 
@@ -80,5 +86,5 @@ def evaluate(annotations: str, config: RefineConfig) -> dict[str, Any]:
     if "doc" in programmers:
         report["doc"] = evaluate_doc(records, programmers["doc"])
     if "chunk" in programmers:
-        report["chunk"] = evaluate_chunk(records, programmers["chunk"])
+        report["chunk"] = evaluate_chunk(records, programmers["chunk"], config.deletion_only)
     return report

@@ -9,6 +9,16 @@ doc stage and hands the kept documents to the chunk programmer, which may still 
 when it returns; `finish` waits for the chunk programs, executes them and builds the records.
 `processor(batch)` does both at once. If a programmer raises on a batch, its documents are
 retried one at a time, so one bad record is rejected with its error and the rest goes on.
+
+Quality-gated chunk refining (`score_band` = (LO, HI), RefineX's finding that refining low-
+and mid-quality documents beats refining all): of the documents the doc stage keeps, only
+those whose keep score lies in [LO, HI] go to the chunk stage. The others pass unchanged with
+their own chunk outcome, `above_score_band` or `below_score_band`. Documents under the doc
+keep threshold are dropped before the band applies, so a LO at or below the threshold gates
+only from above; a LO above it keeps the documents scored between the two unrefined. A
+document without a score (its doc programmer failed, or a stored record without one) goes to
+the chunk stage as without a band. The time spent in the chunk programmer is measured then,
+so the summary can estimate the model time the band saved.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 from proxkit.io.readers import Document, Fields, Reject
 from proxkit.pipeline.records import assemble, original_text, refined_field
 from proxkit.pipeline.stats import RunStats
-from proxkit.program.executor import ExecutionResult, Mode, Thresholds, execute_chunk, execute_doc
+from proxkit.program.executor import (
+    ExecutionResult,
+    Mode,
+    Outcome,
+    Thresholds,
+    execute_chunk,
+    execute_doc,
+)
 from proxkit.programmers.base import Pending, Programmer, Written, submit
 from proxkit.tokenizer import load_tokenizer
 
@@ -51,6 +69,8 @@ class Started:
     survivors: list[int]
     chunk_pending: Pending
     fallback: Callable[[], BatchOutput] | None = None  # set when starting failed
+    gated: dict[int, Outcome] = field(default_factory=dict)  # kept, but outside the score band
+    chunk_seconds: float = 0.0  # in the chunk programmer so far (measured with a score band)
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,8 @@ class BatchProcessor:
     thresholds: Thresholds = field(default_factory=Thresholds)
     fields: Fields = field(default_factory=Fields)
     tokenizer: str | None = None  # a path or Hub id: count tokens before/after in the stats
+    deletion_only: bool = False  # chunk programs: only deletions applied (executor.py)
+    score_band: tuple[float, float] | None = None  # chunk stage only for keep scores in it
 
     def __call__(self, items: Sequence[Item]) -> BatchOutput:
         return self.finish(self.start(items))
@@ -133,27 +155,57 @@ class BatchProcessor:
             execute_doc(d.text, w.program, self.mode) if w.program is not None else None
             for d, w in zip(originals, doc_written)
         ]
-        survivors = [i for i, r in enumerate(doc_results) if r is None or not r.dropped]
+        kept = [i for i, r in enumerate(doc_results) if r is None or not r.dropped]
+        gated = self._gated(kept, doc_written)
+        survivors = [i for i in kept if i not in gated]
+        began = time.perf_counter()
         chunk_pending = self._submit(
             self.chunk_programmer, "chunk", [originals[i] for i in survivors]
         )
-        return Started(originals, rejects, doc_written, doc_results, survivors, chunk_pending)
+        seconds = time.perf_counter() - began if self.score_band else 0.0
+        return Started(
+            originals,
+            rejects,
+            doc_written,
+            doc_results,
+            survivors,
+            chunk_pending,
+            gated=gated,
+            chunk_seconds=seconds,
+        )
+
+    def _gated(self, kept: list[int], doc_written: list[Written]) -> dict[int, Outcome]:
+        """The kept documents whose keep score lies outside the band (module doc)."""
+        outcomes = {i: band_outcome(doc_written[i].info, self.score_band) for i in kept}
+        return {i: outcome for i, outcome in outcomes.items() if outcome is not None}
+
+    def _chunk_result(
+        self, text: str, written: Written, gated: Outcome | None
+    ) -> ExecutionResult | None:
+        """The chunk program executed, or the band's outcome; None without a program."""
+        if gated is not None:
+            return passed(text, gated)
+        if written.program is None:
+            return None
+        return execute_chunk(text, written.program, self.mode, self.thresholds, self.deletion_only)
 
     def _finish(self, started: Started) -> BatchOutput:
         originals = started.originals
         chunk_written: list[Written] = [Written(None)] * len(originals)
+        began = time.perf_counter()
         for i, written in zip(started.survivors, started.chunk_pending()):
             chunk_written[i] = written
         output = BatchOutput()
-        for document, doc_w, doc_result, chunk_w in zip(
-            originals, started.doc_written, started.doc_results, chunk_written
+        if self.score_band is not None:
+            stats = output.stats
+            stats.chunk_stage_seconds += started.chunk_seconds + time.perf_counter() - began
+            stats.chunk_stage_chars += sum(len(originals[i].text) for i in started.survivors)
+            stats.chunk_skipped_chars += sum(len(originals[i].text) for i in started.gated)
+        for index, (document, doc_w, doc_result, chunk_w) in enumerate(
+            zip(originals, started.doc_written, started.doc_results, chunk_written)
         ):
-            chunk_result = (
-                execute_chunk(document.text, chunk_w.program, self.mode, self.thresholds)
-                if chunk_w.program is not None
-                else None
-            )
-            info: dict[str, Any] = {}
+            chunk_result = self._chunk_result(document.text, chunk_w, started.gated.get(index))
+            info: dict[str, Any] = {"deletion_only": True} if self.deletion_only else {}
             if doc_w.info:
                 info["doc_info"] = dict(doc_w.info)
             if chunk_w.info:
@@ -179,6 +231,24 @@ class BatchProcessor:
                 [r[refined_field(self.fields)] for r in output.records]
             )
         return output
+
+
+def band_outcome(doc_info: Any, band: tuple[float, float] | None) -> Outcome | None:
+    """Where the keep score in a document's doc-stage details puts it: outside the band (the
+    chunk stage is not run: its outcome), or None (run it; also without a band or a score)."""
+    score = doc_info.get("keep_score") if isinstance(doc_info, dict) else None
+    if band is None or isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None
+    low, high = band
+    if score > high:
+        return Outcome.ABOVE_SCORE_BAND
+    return Outcome.BELOW_SCORE_BAND if score < low else None
+
+
+def passed(text: str, outcome: Outcome) -> ExecutionResult:
+    """A document the score band kept from the chunk stage: its text unchanged, and why."""
+    words = len(text.split())
+    return ExecutionResult(text, outcome, words_before=words, words_after=words)
 
 
 def _rejected(document: Document, error: Exception) -> BatchOutput:
@@ -225,10 +295,33 @@ def uses_models(config: RefineConfig) -> bool:
     return any(needs_model(getattr(config, f"{stage}_programmer")) for stage in config.stages)
 
 
+def check_score_band(config: RefineConfig) -> None:
+    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which only a
+    model doc programmer scoring in one pass gives (transformers or vLLM), or stored programs
+    written by one, and both stages."""
+    from proxkit.config import ConfigError
+    from proxkit.programmers import needs_model
+
+    if config.chunk_score_range is None:
+        return
+    if set(config.stages) != {"doc", "chunk"}:
+        raise ConfigError("chunk_score_range gates the chunk stage on doc scores: run both stages")
+    spec = config.doc_programmer
+    scored = needs_model(spec) and config.doc_scoring == "forward" and config.backend != "openai"
+    if not (scored or spec == "stored"):
+        raise ConfigError(
+            f"chunk_score_range needs doc-level keep scores, and this doc programmer ({spec}, "
+            f"backend {config.backend}, doc scoring {config.doc_scoring}) gives none: they come "
+            "from a model doc programmer scoring in one pass (--doc-scoring forward, backend "
+            "transformers or vllm), or from stored programs written by one"
+        )
+
+
 def build_processor(config: RefineConfig) -> BatchProcessor:
     """The configured programmers (a model loaded here) in a processor."""
     from proxkit.programmers import make_programmers
 
+    check_score_band(config)
     programmers = make_programmers(config)
     return BatchProcessor(
         doc_programmer=programmers.get("doc"),
@@ -237,6 +330,8 @@ def build_processor(config: RefineConfig) -> BatchProcessor:
         thresholds=config.thresholds,
         fields=Fields(config.text_field, config.id_field),
         tokenizer=config.tokenizer,
+        deletion_only=config.deletion_only,
+        score_band=config.chunk_score_range,
     )
 
 

@@ -24,6 +24,8 @@ class RunStats:
     drop_reasons: Counter = field(default_factory=Counter)  # which rule or stage dropped
     lines_removed: int = 0
     normalizations: int = 0
+    cuts: int = 0  # line-anchored cuts (remove_str) applied
+    edits_not_applied: int = 0  # --deletion-only: operations left out as not deletions
     program_errors: int = 0
     documents_with_program_errors: int = 0
     chars_before: int = 0
@@ -35,6 +37,11 @@ class RunStats:
     programmer_failures: int = 0  # documents kept unrefined because a model call failed
     records_with_unencodable_values: int = 0  # lone surrogates, NaN: replaced, originals kept
     records_with_displaced_fields: int = 0  # input values moved to metadata.prox.displaced
+    # --chunk-score-range only: characters sent to the chunk stage and kept from it, and the
+    # seconds spent in the chunk programmer (to estimate the model time the band saved)
+    chunk_stage_chars: int = 0
+    chunk_skipped_chars: int = 0
+    chunk_stage_seconds: float = 0.0
     programmers: dict = field(default_factory=dict)  # per stage, e.g. program cache hit rate
 
     def add(self, refined: Refined, drop_reason: str | None = None) -> None:
@@ -61,6 +68,9 @@ class RunStats:
         if chunk is not None and chunk.outcome.value in ("refined", "unchanged"):
             self.lines_removed += sum(end - start + 1 for start, end in chunk.removed_lines)
             self.normalizations += sum(count for _, _, count in chunk.normalizations)
+            self.cuts += len(chunk.cuts)
+        if chunk is not None:
+            self.edits_not_applied += len(chunk.not_applied)
         self.program_errors += errors
         self.documents_with_program_errors += errors > 0
         self.records_with_unencodable_values += refined.unencodable
@@ -92,6 +102,41 @@ class RunStats:
             setattr(stats, name, Counter(value) if isinstance(current, Counter) else value)
         return stats
 
+    def _deletion_rows(self) -> list[tuple[str, str]]:
+        rows = []
+        if self.edits_not_applied:
+            rows.append(("edits not applied (not deletions)", f"{self.edits_not_applied:,}"))
+        if self.outcomes.get("chunk:not_a_subsequence"):
+            rows.append(
+                (
+                    "left unrefined: output not a subsequence",
+                    f"{self.outcomes['chunk:not_a_subsequence']:,}",
+                )
+            )
+        return rows
+
+    def _band_rows(self) -> list[tuple[str, str]]:
+        """Documents the score band kept from the chunk stage, and the model time that saved,
+        estimated at the chunk stage's own seconds per character."""
+        above = self.outcomes.get("chunk:above_score_band", 0)
+        below = self.outcomes.get("chunk:below_score_band", 0)
+        if not above + below:
+            return []
+        rows = [
+            ("chunk stage skipped: keep score above / below the band", f"{above:,} / {below:,}")
+        ]
+        if self.chunk_stage_chars:
+            share = self.chunk_skipped_chars / (self.chunk_skipped_chars + self.chunk_stage_chars)
+            saved = self.chunk_stage_seconds * self.chunk_skipped_chars / self.chunk_stage_chars
+            rows.append(
+                (
+                    "chunk stage time saved (estimated)",
+                    f"{saved:,.1f} s ({share:.1%} of the kept characters; "
+                    f"{self.chunk_stage_seconds:,.1f} s spent)",
+                )
+            )
+        return rows
+
     def summary_lines(self) -> list[tuple[str, str]]:
         def share(part: int, whole: int) -> str:
             return f"{part:,} ({part / whole:.1%})" if whole else f"{part:,}"
@@ -107,6 +152,7 @@ class RunStats:
             ("rejected records", f"{self.rejected:,}"),
             ("lines removed", f"{self.lines_removed:,}"),
             ("normalizations applied", f"{self.normalizations:,}"),
+            *([("line cuts applied", f"{self.cuts:,}")] if self.cuts else []),
             (
                 "program errors",
                 f"{self.program_errors:,} in {self.documents_with_program_errors:,} documents",
@@ -114,6 +160,7 @@ class RunStats:
             ("characters before -> after", f"{self.chars_before:,} -> {self.chars_after:,}"),
             ("words before -> after", f"{self.words_before:,} -> {self.words_after:,}"),
         ]
+        rows += self._deletion_rows() + self._band_rows()
         if self.programmer_failures:
             rows.append(("programmer failures (kept unrefined)", f"{self.programmer_failures:,}"))
         if self.records_with_unencodable_values:

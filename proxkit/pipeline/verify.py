@@ -6,7 +6,8 @@ with the run's fields, and walked in order beside what the run wrote:
   reader's own rejects too): none lost, none written twice, none that matches no input;
 - every output record is rebuilt from its input: its stored programs (`metadata.doc_program`,
   `metadata.chunk_program`, for the stages `metadata.prox` says were run) are executed again on
-  the original with the run's mode and thresholds (`proxkit.program.executor`) and the record
+  the original with the run's mode, thresholds and deletion-only setting, or found kept from
+  the chunk stage by the run's keep-score band (`proxkit.program.executor`) and the record
   is assembled as the run assembles it (`records.assemble`); any field that differs is named;
 - every shard is read with the standard readers: `json` line by line (strict: UTF-8, no NaN),
   `pyarrow.parquet.read_table`'s own reader (pyarrow.dataset, a batch at a time; it refuses two
@@ -44,6 +45,7 @@ from proxkit.io.readers import (
     record_format,
 )
 from proxkit.io.writers import PARTIAL_SUFFIX
+from proxkit.pipeline.batch import band_outcome, passed
 from proxkit.pipeline.records import RAW, assemble, original_text
 from proxkit.pipeline.run import RunPaths, input_files
 from proxkit.pipeline.units import RunState, WorkUnit, fingerprint
@@ -243,8 +245,18 @@ class Audit:
         if programs["doc"] is not None:
             doc = execute_doc(original, programs["doc"], config.mode)
         chunk = None
-        if programs["chunk"] is not None and (doc is None or not doc.dropped):
-            chunk = execute_chunk(original, programs["chunk"], config.mode, config.thresholds)
+        if doc is None or not doc.dropped:
+            gated = band_outcome(prox.get("doc_info"), config.chunk_score_range)
+            if gated is not None:  # the band kept it from the chunk stage
+                chunk = passed(original, gated)
+            elif programs["chunk"] is not None:
+                chunk = execute_chunk(
+                    original,
+                    programs["chunk"],
+                    config.mode,
+                    config.thresholds,
+                    config.deletion_only,
+                )
         info = {k: v for k, v in prox.items() if k not in RECORDED}
         expected = assemble(
             document,

@@ -2,11 +2,13 @@
 
 from proxkit.program.executor import (
     MODES,
+    Edited,
     ExecutionResult,
     Mode,
     Outcome,
     Thresholds,
     apply_edits,
+    edit,
     execute_chunk,
     execute_doc,
 )
@@ -19,12 +21,16 @@ from proxkit.program.ops import (
     ProgramError,
     RemoveAllLines,
     RemoveLines,
+    RemoveStr,
+    is_deletion,
+    is_subsequence,
 )
 from proxkit.program.parser import parse
 
 __all__ = [
     "MODES",
     "DropDoc",
+    "Edited",
     "ExecutionResult",
     "KeepDoc",
     "Mode",
@@ -35,9 +41,13 @@ __all__ = [
     "ProgramError",
     "RemoveAllLines",
     "RemoveLines",
+    "RemoveStr",
     "Thresholds",
     "apply_edits",
+    "edit",
     "execute_chunk",
     "execute_doc",
+    "is_deletion",
+    "is_subsequence",
     "parse",
 ]

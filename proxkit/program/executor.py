@@ -1,9 +1,18 @@
 """Execute ProX programs on documents: doc level (keep/drop) and chunk level (edit, then judge).
 
-Chunk level runs normalizations in order, removes lines of the normalized text, then applies
-the reference thresholds (`Thresholds`) to decide whether the refined text is kept, the
-document dropped, or the program ignored. Both parsing modes (`strict`, `reference`) lower a
-program to `ChunkEdits` and share everything after that, so they can only differ in parsing.
+Chunk level (`edit`): line-anchored cuts (`remove_str`) first, each matched against its line
+as the model read it; then normalizations in order, on the whole text; then removal of lines.
+No operation adds or removes a newline, so all three number lines alike, as the prompt did. A
+cut on a line that is also removed is checked and counted like any other, and then goes with
+its line. The reference thresholds (`Thresholds`) then decide whether the refined text is kept,
+the document dropped, or the program ignored. Both parsing modes (`strict`, `reference`) lower
+a program to `ChunkEdits` and share everything after that, so they can only differ in parsing.
+
+Deletion only (`deletion_only=True`): operations that are not deletions (`ops.is_deletion`)
+are not applied, each recorded in `not_applied` (not counted as errors: the program is not
+malformed, it asks for what this run does not allow). Every output is then checked to be a
+subsequence of the document; one that is not (which would be a bug) leaves the document
+unrefined with the outcome `not_a_subsequence`.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ from proxkit.program.ops import (
     ProgramError,
     RemoveAllLines,
     RemoveLines,
+    RemoveStr,
+    is_subsequence,
+    operation_to_text,
+    unique_position,
 )
 from proxkit.program.parser import parse
 
@@ -58,6 +71,11 @@ class Outcome(str, Enum):
     DROPPED_MOSTLY_REMOVED = "dropped_mostly_removed"  # chunk level: program removed ~everything
     DROPPED_TOO_SHORT = "dropped_too_short"  # chunk level: refined text too short
     DROPPED_EMPTY = "dropped_empty"  # the document has no words at all
+    NOT_A_SUBSEQUENCE = (
+        "not_a_subsequence"  # deletion only: the output gained characters; kept unrefined
+    )
+    ABOVE_SCORE_BAND = "above_score_band"  # chunk stage not run: keep score above the band
+    BELOW_SCORE_BAND = "below_score_band"  # chunk stage not run: keep score below the band
 
     @property
     def is_drop(self) -> bool:
@@ -75,21 +93,33 @@ class ExecutionResult:
     errors: tuple[ProgramError, ...] = ()
     words_before: int = 0
     words_after: int = 0
+    cuts: tuple[tuple[int, str], ...] = ()  # (line, text) line-anchored cuts applied
+    not_applied: tuple[ProgramError, ...] = ()  # deletion only: operations left out, and why
 
     @property
     def dropped(self) -> bool:
         return self.outcome.is_drop
 
     def to_metadata(self) -> dict[str, Any]:
-        """A JSON-ready summary for the output record's metadata."""
-        return {
+        """A JSON-ready summary for the output record's metadata (`cuts` and `not_applied`
+        only where there are some, so records of programs without them are as they were)."""
+        metadata: dict[str, Any] = {
             "outcome": self.outcome.value,
             "removed_lines": [list(r) for r in self.removed_lines],
             "normalizations": [list(n) for n in self.normalizations],
-            "errors": [{"line": e.line, "text": e.text, "reason": e.reason} for e in self.errors],
+            "errors": _json_errors(self.errors),
             "words_before": self.words_before,
             "words_after": self.words_after,
         }
+        if self.cuts:
+            metadata["cuts"] = [list(c) for c in self.cuts]
+        if self.not_applied:
+            metadata["not_applied"] = _json_errors(self.not_applied)
+        return metadata
+
+
+def _json_errors(errors: Sequence[ProgramError]) -> list[dict[str, Any]]:
+    return [{"line": e.line, "text": e.text, "reason": e.reason} for e in errors]
 
 
 def execute_doc(text: str, program_text: str, mode: Mode = "strict") -> ExecutionResult:
@@ -117,10 +147,13 @@ def lower_strict(program_text: str) -> ChunkEdits:
     program = parse(program_text)
     normalizations: list[tuple[str, str]] = []
     ranges: list[tuple[int, int]] = []
+    cuts: list[tuple[int, str]] = []
     remove_all = False
     errors = list(program.errors)
     for op in program.operations:
-        if isinstance(op, Normalize):
+        if isinstance(op, RemoveStr):
+            cuts.append((op.line, op.text))
+        elif isinstance(op, Normalize):
             # An empty or single-space source is a no-op in ProX (it would shred the text).
             if op.source not in ("", " "):
                 normalizations.append((op.source, op.target))
@@ -130,7 +163,9 @@ def lower_strict(program_text: str) -> ChunkEdits:
             remove_all = True
         elif isinstance(op, DropDoc):
             errors.append(ProgramError(0, "drop_doc()", "drop_doc() is a doc-level operation"))
-    return ChunkEdits(tuple(normalizations), tuple(ranges), remove_all, tuple(errors))
+    return ChunkEdits(
+        tuple(normalizations), tuple(ranges), remove_all, tuple(errors), cuts=tuple(cuts)
+    )
 
 
 def lower(program_text: str, mode: Mode) -> ChunkEdits:
@@ -146,9 +181,10 @@ def execute_chunk(
     program_text: str,
     mode: Mode = "strict",
     thresholds: Thresholds = Thresholds(),
+    deletion_only: bool = False,
 ) -> ExecutionResult:
     """Chunk level: run the (joined) chunk programs of one document on its whole text."""
-    return apply_edits(text, lower(program_text, mode), thresholds)
+    return apply_edits(text, lower(program_text, mode), thresholds, deletion_only)
 
 
 def _merge_as_reference(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -177,12 +213,34 @@ def normalize_text(
     return text, applied
 
 
-def apply_edits(
-    text: str, edits: ChunkEdits, thresholds: Thresholds = Thresholds()
-) -> ExecutionResult:
-    """Apply lowered edits to a document and judge the result with the thresholds."""
+@dataclass(frozen=True)
+class Edited:
+    """What edits leave of a document, before the thresholds judge it."""
+
+    lines: tuple[str, ...]  # every line after cuts and normalizations, numbered as the original
+    removed: tuple[tuple[int, int], ...]  # merged inclusive ranges removed
+    cuts: tuple[tuple[int, str], ...]  # (line, text) cuts applied
+    normalizations: tuple[tuple[str, str, int], ...]  # (source, target, occurrences)
+    errors: tuple[ProgramError, ...]
+
+    @property
+    def text(self) -> str:
+        if not self.removed:
+            return "\n".join(self.lines)
+        kept: list[str] = []
+        position = 0
+        for start, end in self.removed:
+            kept.extend(self.lines[position:start])
+            position = end + 1
+        kept.extend(self.lines[position:])
+        return "\n".join(kept)
+
+
+def edit(text: str, edits: ChunkEdits) -> Edited:
+    """Apply lowered edits to a document: cuts, normalizations, line removal (module doc)."""
     errors = list(edits.errors)
-    normalized, applied = normalize_text(text, edits.normalizations)
+    cut_text, cuts = _cut(text, edits.cuts, errors)
+    normalized, applied = normalize_text(cut_text, edits.normalizations)
 
     lines = normalized.split("\n")
     count = len(lines)
@@ -204,31 +262,83 @@ def apply_edits(
         valid = [(max(s, 0), min(e, count - 1)) for s, e in edits.ranges]
         valid = [(s, e) for s, e in valid if s <= e]
     removed = _merge_as_reference(valid)
-    if removed:
-        kept_lines: list[str] = []
-        position = 0
-        for start, end in removed:
-            kept_lines.extend(lines[position:start])
-            position = end + 1
-        kept_lines.extend(lines[position:])
-        refined = "\n".join(kept_lines)
-    else:
-        refined = normalized
+    return Edited(tuple(lines), tuple(removed), cuts, tuple(applied), tuple(errors))
 
+
+def _cut(
+    text: str, cuts: Sequence[tuple[int, str]], errors: list[ProgramError]
+) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """The text with each cut applied where its string occurs exactly once in its original
+    line; the cuts applied. Cuts of one line that overlap remove their union."""
+    if not cuts:
+        return text, ()
+    lines = text.split("\n")
+    spans: dict[int, list[tuple[int, int]]] = {}
+    applied: list[tuple[int, str]] = []
+    for line, piece in cuts:
+        written = operation_to_text(RemoveStr(line, piece))
+        if line >= len(lines):
+            errors.append(
+                ProgramError(0, written, f"line {line} is past the last line {len(lines) - 1}")
+            )
+            continue
+        found = unique_position(piece, lines[line])
+        if found is None:
+            where = "is not in" if piece not in lines[line] else "occurs more than once in"
+            errors.append(ProgramError(0, written, f"the string {where} line {line}"))
+        else:
+            spans.setdefault(line, []).append((found, found + len(piece)))
+            applied.append((line, piece))
+    for line, places in spans.items():
+        original, pieces, position = lines[line], [], 0
+        for start, end in sorted(places):
+            pieces.append(original[position : max(start, position)])
+            position = max(position, end)
+        pieces.append(original[position:])
+        lines[line] = "".join(pieces)
+    return "\n".join(lines), tuple(applied)
+
+
+def apply_edits(
+    text: str,
+    edits: ChunkEdits,
+    thresholds: Thresholds = Thresholds(),
+    deletion_only: bool = False,
+) -> ExecutionResult:
+    """Apply lowered edits to a document and judge the result with the thresholds; with
+    `deletion_only`, only deletions, and an output that is a subsequence of `text`."""
+    if deletion_only:
+        edits = edits.deletions_only()
+    edited = edit(text, edits)
+    refined = edited.text
     words_before = len(text.split())
     words_after = len(refined.split())
-    outcome = judge(words_before, words_after, len(errors), thresholds)
+    outcome = judge(words_before, words_after, len(edited.errors), thresholds)
     if outcome is Outcome.REFINED and refined == text:
         outcome = Outcome.UNCHANGED
     output = "" if outcome.is_drop else text if outcome is Outcome.PROGRAM_IGNORED else refined
+    if deletion_only and not is_subsequence(output, text):
+        refused = ProgramError(
+            0, "the whole program", "its output is not a subsequence of the document"
+        )
+        return ExecutionResult(
+            text,
+            Outcome.NOT_A_SUBSEQUENCE,
+            errors=edited.errors,
+            words_before=words_before,
+            words_after=words_before,
+            not_applied=(*edits.not_applied, refused),
+        )
     return ExecutionResult(
         output,
         outcome,
-        tuple(removed),
-        tuple(applied),
-        tuple(errors),
+        edited.removed,
+        edited.normalizations,
+        edited.errors,
         words_before,
         words_after,
+        cuts=edited.cuts,
+        not_applied=edits.not_applied,
     )
 
 

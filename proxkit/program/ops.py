@@ -3,10 +3,16 @@
 A program is what a refining model writes for one document (doc level) or one chunk (chunk
 level). It is parsed once, at the edge, into these frozen dataclasses; the executor only ever
 sees operations, never model text.
+
+Deletions (`is_deletion`): `remove_lines`, `remove_str` and a `normalize` whose target is a
+subsequence of its source (an empty target, or "!!!" -> "!") can only take characters out of a
+text. Every other operation may add or change characters; `--deletion-only` does not apply
+them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -34,6 +40,22 @@ class RemoveAllLines:
 
 
 @dataclass(frozen=True)
+class RemoveStr:
+    """`remove_str(line=N, del_str="...")`: cut one string out of one numbered line.
+
+    The line-anchored cut of RefineX (arXiv 2507.03253). `line` is the 0-based document line,
+    numbered as in the prompt (`[NNN]`) and as `remove_lines` numbers them. `text` is matched
+    against that line as the model read it (before any `normalize`) and is cut only where it
+    occurs exactly once in it (overlapping occurrences count): otherwise the operation is a
+    program error, counted like a malformed one, and the line is left as it is. It never touches
+    any other line. The text is not empty and holds no newline (the parser refuses both).
+    """
+
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Normalize:
     """`normalize(source_str=.., target_str=..)`: replace every occurrence of source by target."""
 
@@ -41,7 +63,49 @@ class Normalize:
     target: str = ""
 
 
-Operation = KeepDoc | DropDoc | RemoveLines | RemoveAllLines | Normalize
+Operation = KeepDoc | DropDoc | RemoveLines | RemoveAllLines | RemoveStr | Normalize
+
+
+def is_subsequence(part: str, whole: str) -> bool:
+    """Whether `part` is `whole` with some characters taken out (in order, none added).
+
+    Refined texts are mostly whole lines of their original, so each line of `part` is first
+    looked for as one piece; any embedding found that way proves the answer. Only when it
+    fails (greedy pieces can overshoot) is the exact leftmost, character by character, run.
+    """
+    if len(part) > len(whole):
+        return False
+    if whole.startswith(part):
+        return True
+    position = 0
+    for piece in part.splitlines(keepends=True):
+        found = whole.find(piece, position)
+        if found >= 0:
+            position = found + len(piece)
+            continue
+        for char in piece:
+            position = whole.find(char, position) + 1
+            if position == 0:
+                remaining = iter(whole)
+                return all(char in remaining for char in part)
+    return True
+
+
+def unique_position(piece: str, line: str) -> int | None:
+    """Where `piece` occurs in `line` when it occurs exactly once (overlapping occurrences
+    count), else None: the condition under which `remove_str` cuts."""
+    first = line.find(piece)
+    if first < 0 or line.find(piece, first + 1) >= 0:
+        return None
+    return first
+
+
+def is_deletion(op: Operation) -> bool:
+    """Whether the operation can only take characters out of a document (see the module doc):
+    what `--deletion-only` applies. `keep_doc()` and `drop_doc()` change no text."""
+    if isinstance(op, Normalize):
+        return is_subsequence(op.target, op.source)
+    return True
 
 
 @dataclass(frozen=True)
@@ -111,6 +175,8 @@ def operation_to_text(op: Operation) -> str:
         return f"remove_lines(line_start={op.start}, line_end={op.end})"
     if isinstance(op, RemoveAllLines):
         return "remove_lines(all=True)"
+    if isinstance(op, RemoveStr):
+        return f"remove_str(line={op.line}, del_str={quote(op.text)})"
     if isinstance(op, Normalize):
         return f"normalize(source_str={quote(op.source)}, target_str={quote(op.target)})"
     raise TypeError(f"not a ProX operation: {op!r}")
@@ -120,11 +186,33 @@ def operation_to_text(op: Operation) -> str:
 class ChunkEdits:
     """A chunk-level program lowered to what the executor does, in either parsing mode.
 
-    `normalizations` run in order; `ranges` are the requested line ranges as written (the
-    reference mode may hold negative or reversed ones); `remove_all` removes every line.
+    `cuts` are (line, text) line-anchored cuts (strict mode only: the reference parser skips
+    `remove_str` as it skips every line it does not know); `normalizations` run in order;
+    `ranges` are the requested line ranges as written (the reference mode may hold negative or
+    reversed ones); `remove_all` removes every line. `not_applied` holds the operations
+    `--deletion-only` left out (see `deletions_only`).
     """
 
     normalizations: tuple[tuple[str, str], ...] = ()
     ranges: tuple[tuple[int, int], ...] = ()
     remove_all: bool = False
     errors: tuple[ProgramError, ...] = ()
+    cuts: tuple[tuple[int, str], ...] = ()
+    not_applied: tuple[ProgramError, ...] = ()
+
+    def deletions_only(self) -> ChunkEdits:
+        """These edits without the normalizations that are not deletions, each recorded in
+        `not_applied`; line removals and cuts are deletions and stay."""
+        kept, refused = [], list(self.not_applied)
+        for source, target in self.normalizations:
+            if is_subsequence(target, source):
+                kept.append((source, target))
+            else:
+                refused.append(
+                    ProgramError(
+                        0,
+                        operation_to_text(Normalize(source, target)),
+                        "not a deletion: its target is not its source with characters removed",
+                    )
+                )
+        return dataclasses.replace(self, normalizations=tuple(kept), not_applied=tuple(refused))

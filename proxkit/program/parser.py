@@ -4,6 +4,16 @@ Each program line is parsed as Python source and only literal arguments are read
 syntax tree, so any string a model can write (commas, `=`, `)`, quotes, escapes, unicode) is
 read exactly, and nothing is ever evaluated. A line that is not a valid call becomes a
 `ProgramError` with the reason; parsing never raises on model output.
+
+The calls, their arguments bound as Python binds them (positionally or by keyword, each once):
+- `keep_doc()`, `drop_doc()`: no arguments.
+- `remove_lines(line_start=S, line_end=E)`: integers, 0 <= S <= E; or `remove_lines(all=True)`.
+- `normalize(source_str="a", target_str="b")`: strings without a newline; `target_str`
+  defaults to "" (delete every occurrence).
+- `remove_str(line=N, del_str="a")`: an integer N >= 0 and a non-empty string without a
+  newline (the canonical form; `remove_str(N, "a")` reads the same). What it does is in
+  `ops.RemoveStr`.
+Any other name, argument, type or value is an error naming what is wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from proxkit.program.ops import (
     ProgramError,
     RemoveAllLines,
     RemoveLines,
+    RemoveStr,
 )
 
 
@@ -165,9 +176,26 @@ def _normalize(bound_call: tuple[str, list[object], dict[str, object]]) -> Opera
     return Normalize(source, target)
 
 
+def _remove_str(bound_call: tuple[str, list[object], dict[str, object]]) -> Operation:
+    name, positional, keywords = bound_call
+    bound = _assign(name, ("line", "del_str"), positional, keywords)
+    if "line" not in bound or "del_str" not in bound:
+        raise _Invalid("remove_str() needs line and del_str")
+    line = _line_number("line", bound["line"])
+    text = bound["del_str"]
+    if not isinstance(text, str):
+        raise _Invalid(f"del_str must be a string, got {type(text).__name__}")
+    if not text:
+        raise _Invalid("del_str must not be empty")
+    if "\n" in text:
+        raise _Invalid("del_str must not contain a newline (a cut stays inside its line)")
+    return RemoveStr(line, text)
+
+
 _BUILDERS: dict[str, Callable[[tuple[str, list[object], dict[str, object]]], Operation]] = {
     "keep_doc": _no_arguments("keep_doc", KeepDoc()),
     "drop_doc": _no_arguments("drop_doc", DropDoc()),
     "remove_lines": _remove_lines,
     "normalize": _normalize,
+    "remove_str": _remove_str,
 }

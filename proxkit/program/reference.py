@@ -7,7 +7,8 @@ parser (`proxkit.program.parser`), each difference is listed here and tested in
 
 1. Program lines are split on "\\n" after stripping spaces from the whole program; a line is
    read only if it *starts with* `remove_lines` or `normalize`. Any other line (keep_doc(),
-   prose, `drop_doc()`, indented calls) is skipped without counting an error.
+   prose, `drop_doc()`, indented calls, and `remove_str`, which the reference predates) is
+   skipped without counting an error.
 2. Arguments are found by splitting the text between the first `(` and the first `)` on `,`
    and then on `=`: keyword names are ignored and order is positional, so
    `remove_lines(line_end=5, line_start=3)` reads as the empty range 5..3.

@@ -1,7 +1,7 @@
-"""One output record as a diff against its original: which lines the program removed and which
-strings it normalized, rebuilt from what the record stores (`raw_content` and
-`metadata.prox`), the same way the executor applies edits (normalizations in order on the whole
-text, then removal of lines of the normalized text).
+"""One output record as a diff against its original: which lines the program removed, which
+strings it cut from a line and which it normalized, rebuilt from what the record stores
+(`raw_content` and `metadata.prox`), the same way the executor applies edits (cuts on their
+lines, normalizations in order on the whole text, then removal of lines).
 """
 
 from __future__ import annotations
@@ -55,11 +55,33 @@ class DocumentView:
         return "\n".join(line.text for line in self.lines if not line.removed)
 
 
-def _normalize(text: str, normalizations: list[list[Any]]) -> tuple[list[Segment], bool]:
-    """Apply normalizations in order, marking replaced text; and whether the marking is exact."""
+def _cut(text: str, cuts: list[list[Any]]) -> list[Segment]:
+    """The text with each applied cut shown as an empty segment in place of its string."""
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    places = sorted(
+        (starts[line] + lines[line].find(piece), piece)
+        for line, piece in cuts
+        if 0 <= line < len(lines) and piece in lines[line]
+    )
+    segments: list[Segment] = []
+    position = 0
+    for start, piece in places:
+        segments += [Segment(text[position : max(start, position)]), Segment("", piece)]
+        position = max(position, start + len(piece))
+    return [*segments, Segment(text[position:])]
+
+
+def _normalize(
+    text: str, normalizations: list[list[Any]], cuts: list[list[Any]]
+) -> tuple[list[Segment], bool]:
+    """Apply cuts, then normalizations in order, marking what changed; and whether the marking
+    is exact."""
     pairs = [(source, target) for source, target, *_ in normalizations if source]
-    expected, _ = normalize_text(text, pairs)
-    segments = [Segment(text)]
+    segments = _cut(text, cuts)
+    expected, _ = normalize_text("".join(s.text for s in segments), pairs)
     for source, target in pairs:
         updated: list[Segment] = []
         for segment in segments:
@@ -109,7 +131,9 @@ def document_view(
     if not isinstance(original, str):
         original = record.get(text_field) or ""
     chunk = prox.get("chunk") or {}
-    segments, exact = _normalize(original, chunk.get("normalizations") or [])
+    segments, exact = _normalize(
+        original, chunk.get("normalizations") or [], chunk.get("cuts") or []
+    )
     removed = {n for start, end in chunk.get("removed_lines") or [] for n in range(start, end + 1)}
     lines = tuple(
         LineView(number, tuple(line), number in removed)

@@ -3,10 +3,14 @@
 The sample is seeded and stratified by length (`sample`). Doc level: the teacher scores
 educational value and format/readability on the rubric, and the scores map to `keep_doc()` or
 `drop_doc()` by the configured minimums. Chunk level (documents not dropped): the document is
-chunked exactly as the chunk stage does it, and the teacher writes each chunk's program. Every
-answer is validated (`teacher`); an invalid one is asked again once, with the reason, then
-recorded as a failure. Each record keeps the teacher's name, the rubric versions and every raw
-response. The output grows batch by batch, so a killed run resumes where it stopped.
+chunked exactly as the chunk stage does it, and for each chunk the teacher either writes the
+program (`teacher_mode="program"`) or returns the chunk's text cleaned, from which the
+deletion program is derived and its fidelity recorded (`"clean"`, `clean.py`). Every answer
+is validated (`teacher`, `clean`); an invalid one is asked again once, with the reason, then
+recorded as a failure. An answer cut by the token limit, or a request that failed for good, is
+recorded at once (asking the same again would give the same). Each record keeps the
+teacher's name, the rubric versions and every raw response. The output grows batch by batch,
+so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,21 +21,23 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm import tqdm
 
-from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunker
+from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunk, Chunker, chunk_content
 from proxkit.config import ConfigError, to_plain
 from proxkit.io.readers import Document, Fields, Reject, list_files, read_inputs
 from proxkit.io.rejects import RejectLog
 from proxkit.options import LABELS, SAMPLE, SERVERS, option
 from proxkit.program.ops import Program
 from proxkit.programmers.base import STAGES
+from proxkit.programmers.lm import Completion
 from proxkit.programmers.openai import OpenAIClient, OpenAISettings
+from proxkit.synth.clean import Derivation, read_clean_answer
 from proxkit.synth.rubric import Rubric, load_rubric
 from proxkit.synth.sample import sample_documents, stratum
 from proxkit.synth.teacher import DocLabel, Invalid, read_chunk_answer, read_doc_answer
@@ -40,6 +46,8 @@ from proxkit.tokenizer import load_tokenizer
 RETRY_MESSAGE = (
     "That answer cannot be used: {reason}. Answer again, following the instructions exactly."
 )
+TEACHER_MODES = ("program", "clean")
+NOT_ASKED_AGAIN = ("request_failed", "truncated_by_limit")
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,23 @@ class AnnotateConfig:
     sample_size: int = option(1000, "Documents to annotate.", SAMPLE)
     seed: int = option(0, "Sampling seed.", SAMPLE)
     stages: tuple[str, ...] = option(STAGES, "Stages to annotate: doc, chunk or doc,chunk.")
+    teacher_mode: str = option(
+        "program",
+        "Chunk level: 'program' (the teacher writes each chunk's program) or 'clean' (it "
+        "returns the chunk cleaned; the deletion program is derived from the difference).",
+    )
+    deletion_only: bool = option(
+        False,
+        "Chunk programs may only delete: program mode refuses other operations; clean mode "
+        "derives only deletions.",
+    )
     doc_rubric: str = option("doc-v1", "Doc-level rubric: a name or a YAML file.", LABELS)
-    chunk_rubric: str = option("chunk-v1", "Chunk-level rubric: a name or a YAML file.", LABELS)
+    chunk_rubric: str | None = option(
+        None,
+        "Chunk-level rubric: a name or a YAML file. Unset: chunk-v1, chunk-deletion-v1 with "
+        "--deletion-only, clean-v1 with --teacher-mode clean.",
+        LABELS,
+    )
     min_educational_value: int = option(
         2, "Keep a document whose educational value is at or above this.", LABELS
     )
@@ -85,6 +108,15 @@ class AnnotateConfig:
     )
     doc_max_new_tokens: int = option(256, "Token limit of a doc-level answer.", SERVERS)
     chunk_max_new_tokens: int = option(1024, "Token limit of a chunk-level answer.", SERVERS)
+    clean_max_new_tokens: int = option(
+        4096, "Clean mode: token limit of a cleaned chunk (about as long as the chunk).", SERVERS
+    )
+    max_insertion: int = option(
+        20,
+        "Clean mode: an answer adding this many characters in a row rewrites, and is refused "
+        "(RefineX's filter).",
+        LABELS,
+    )
     batch_size: int = option(64, "Documents per wave of requests, written together.", SAMPLE)
     text_field: str = option("text", "Record field holding the document text.", SAMPLE)
     id_field: str = option(
@@ -99,6 +131,19 @@ class AnnotateConfig:
             raise ConfigError(f"stages must be a non-empty subset of {STAGES}")
         if self.sample_size < 1 or self.batch_size < 1:
             raise ConfigError("sample_size and batch_size must be >= 1")
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ConfigError(f"teacher_mode must be one of {TEACHER_MODES}")
+        if self.chunk_rubric is None:
+            packaged = "clean-v1" if self.teacher_mode == "clean" else "chunk-v1"
+            if self.teacher_mode == "program" and self.deletion_only:
+                packaged = "chunk-deletion-v1"
+            object.__setattr__(self, "chunk_rubric", packaged)
+
+    def chunk_answers(self) -> tuple[str, ...]:
+        """What the chunk rubric may ask for in this mode (`rubric.ANSWERS`)."""
+        if self.teacher_mode == "clean":
+            return ("cleaned_text",)
+        return ("deletion_program",) if self.deletion_only else ("program", "deletion_program")
 
 
 class AnnotationExists(RuntimeError):
@@ -132,13 +177,13 @@ class Teacher:
         again = [
             i
             for i, (_, error) in enumerate(results)
-            if error is not None and error.kind != "request_failed"  # the client already retried
+            if error is not None and error.kind not in NOT_ASKED_AGAIN
         ]
         retried = self._send(
             [
                 [
                     *conversations[i],
-                    {"role": "assistant", "content": str(first[i])},
+                    {"role": "assistant", "content": _text(first[i])},
                     {"role": "user", "content": RETRY_MESSAGE.format(reason=results[i][1].message)},
                 ]
                 for i in again
@@ -157,26 +202,34 @@ class Teacher:
 
     def _send(
         self, conversations: Sequence[list[dict[str, str]]], max_tokens: int
-    ) -> list[str | Exception]:
+    ) -> list[Completion | Exception]:
         if not conversations:
             return []
         payloads = [
             {"model": self.model, "messages": c, "max_tokens": max_tokens, "temperature": 0.0}
             for c in conversations
         ]
-        return self.client.run(payloads)
+        return self.client.complete(payloads)
 
 
-def _check(response: str | Exception, reader: Callable[[str], Any]) -> tuple[Any, Invalid | None]:
+def _check(
+    response: Completion | Exception, reader: Callable[[str], Any]
+) -> tuple[Any, Invalid | None]:
     if isinstance(response, Exception):
         return None, Invalid("request_failed", str(response))
-    value = reader(response)
+    if response.hit_limit:
+        return None, Invalid("truncated_by_limit", "the answer was cut by the token limit")
+    value = reader(response.text)
     return (None, value) if isinstance(value, Invalid) else (value, None)
 
 
-def _attempt(response: str | Exception, error: Invalid | None) -> dict[str, Any]:
+def _text(response: Completion | Exception) -> str:
+    return response.text if isinstance(response, Completion) else str(response)
+
+
+def _attempt(response: Completion | Exception, error: Invalid | None) -> dict[str, Any]:
     return {
-        "response": None if isinstance(response, Exception) else response,
+        "response": None if isinstance(response, Exception) else response.text,
         "error": None if error is None else f"{error.kind}: {error.message}",
     }
 
@@ -201,10 +254,40 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     counter[f"failed: {entry['error']}"] += 1
         if record.get("chunks_skipped"):
             chunk["documents skipped (dropped at doc level)"] += 1
-    return {
+    summary = {
         "documents": len(records),
         "doc": dict(sorted(doc.items())),
         "chunk": dict(sorted(chunk.items())),
+    }
+    derived = [
+        entry["derivation"]
+        for record in records
+        for entry in record.get("chunks") or []
+        if entry.get("derivation")
+    ]
+    if derived:
+        summary["clean"] = clean_summary(derived)
+    return summary
+
+
+def clean_summary(derived: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How much of the teachers' cleaning the derived programs reproduce, over chunks.
+
+    RefineX discarded answers with fewer than 10 deleted characters; here a chunk with nothing
+    to delete is a `keep_doc()` example the student needs, so they are kept and only counted.
+    Its other filter (an insertion of 20+ characters) refuses the answer: `max_insertion`."""
+    deleted = sum(d["deleted_chars"] for d in derived)
+    reproduced = sum(d["reproduced_chars"] for d in derived)
+    inexpressible: Counter[str] = Counter()
+    for d in derived:
+        inexpressible.update(d["inexpressible_chars"])
+    return {
+        "chunks": len(derived),
+        "derived exactly": sum(d["exact"] for d in derived),
+        "fidelity (characters)": round(reproduced / deleted, 6) if deleted else 1.0,
+        "teacher deleted characters": deleted,
+        **{f"inexpressible {kind} characters": n for kind, n in sorted(inexpressible.items())},
+        "under 10 deleted characters (kept)": sum(d["deleted_chars"] < 10 for d in derived),
     }
 
 
@@ -213,7 +296,9 @@ class Annotator:
         self.config = config
         self.teacher = teacher
         self.doc_rubric: Rubric = load_rubric(config.doc_rubric)
-        self.chunk_rubric: Rubric = load_rubric(config.chunk_rubric)
+        self.chunk_rubric: Rubric = load_rubric(config.chunk_rubric)  # type: ignore[arg-type]
+        self.doc_rubric.check_answers(("scores",))
+        self.chunk_rubric.check_answers(config.chunk_answers())
         self.chunker = Chunker(load_tokenizer(config.tokenizer).backend, config.max_chunk_tokens)
 
     def annotate(self, documents: Sequence[Document]) -> list[dict[str, Any]]:
@@ -237,14 +322,11 @@ class Annotator:
             chunks = self.chunker([documents[i].text for i in chosen])
             flat = [(i, c) for i, cs in zip(chosen, chunks) for c in cs]
             answers = self.teacher.ask(
-                [
-                    self.chunk_rubric.messages(
-                        chunk=c.text, first_line=c.first_line, last_line=c.last_line
-                    )
-                    for _, c in flat
-                ],
-                [lambda text, c=c: read_chunk_answer(text, c) for _, c in flat],
-                config.chunk_max_new_tokens,
+                [self._chunk_request(c) for _, c in flat],
+                [self._chunk_reader(c) for _, c in flat],
+                config.clean_max_new_tokens
+                if config.teacher_mode == "clean"
+                else config.chunk_max_new_tokens,
             )
             for i in chosen:
                 records[i]["chunks"] = []
@@ -255,6 +337,20 @@ class Annotator:
                     record["chunks"] = None
                     record["chunks_skipped"] = "dropped at doc level"
         return records
+
+    def _chunk_request(self, chunk: Chunk) -> list[dict[str, str]]:
+        return self.chunk_rubric.messages(
+            chunk=chunk.text,
+            text=chunk_content(chunk.text),
+            first_line=chunk.first_line,
+            last_line=chunk.last_line,
+        )
+
+    def _chunk_reader(self, chunk: Chunk) -> Callable[[str], Any]:
+        config = self.config
+        if config.teacher_mode == "clean":
+            return lambda text: read_clean_answer(text, chunk, config.max_insertion)
+        return lambda text: read_chunk_answer(text, chunk, config.deletion_only)
 
     def _record(self, document: Document) -> dict[str, Any]:
         return {
@@ -293,16 +389,23 @@ class Annotator:
 
 
 def _chunk_annotation(chunk: Chunk, answer: Answer) -> dict[str, Any]:
-    program: Program | None = answer.value
-    return {
+    """A chunk's annotation; in clean mode with the teacher's text and the derivation."""
+    value: Program | Derivation | None = answer.value
+    entry: dict[str, Any] = {
         "first_line": chunk.first_line,
         "last_line": chunk.last_line,
         "text": chunk.text,
-        "ok": program is not None,
-        "program": None if program is None else program.to_text(),
+        "ok": value is not None,
+        "program": None,
         "error": None if answer.error is None else answer.error.kind,
         "attempts": list(answer.attempts),
     }
+    if isinstance(value, Derivation):
+        entry.update(program=value.program_text, cleaned=value.cleaned)
+        entry["derivation"] = value.to_json()
+    elif value is not None:
+        entry["program"] = value.to_text()
+    return entry
 
 
 def prepare(config: AnnotateConfig) -> set[str]:
@@ -314,8 +417,12 @@ def prepare(config: AnnotateConfig) -> set[str]:
         shutil.rmtree(out)
     elif saved.exists():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        # A setting added since the folder was made reads as its default there.
+        defaults = {f.name: f.default for f in fields(AnnotateConfig)}
         differs = sorted(
-            k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)
+            k
+            for k in current.keys() | previous.keys()
+            if current.get(k) != previous.get(k, defaults.get(k))
         )
         if differs:
             raise AnnotationExists(

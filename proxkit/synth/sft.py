@@ -7,7 +7,9 @@ shown, and annotations chunked with another tokenizer or chunk size are refused.
 the program's canonical text, rendered as the chat format renders an assistant turn, and stored
 as token ids next to the prompt's. Each document goes wholly to train or to validation (a
 seeded hash of its id); the validation documents' annotations are also written to
-`heldout.jsonl`, for `prox evaluate`.
+`heldout.jsonl`, for `prox evaluate`. With `deletion_only`, a chunk program keeps only its
+deletions (`ops.is_deletion`), so the student learns what a deletion-only run applies; the
+operations left out are counted in the manifest (a program left empty becomes `keep_doc()`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from proxkit.chunking import DEFAULT_CHUNK_TOKENS, Chunker
 from proxkit.config import ConfigError
 from proxkit.io.writers import fresh_folder
 from proxkit.options import option
+from proxkit.program.ops import Program, is_deletion
+from proxkit.program.parser import parse
 from proxkit.programmers.base import STAGES
 from proxkit.prompts import DEFAULT_DOC_TOKENS, answer_ids, answer_text, chunk_prompts, doc_prompts
 from proxkit.seeded import priority
@@ -45,6 +49,9 @@ class SFTConfig:
     max_doc_tokens: int = option(DEFAULT_DOC_TOKENS, "Token limit of a doc-level prompt.")
     max_chunk_tokens: int = option(
         DEFAULT_CHUNK_TOKENS, "Token budget of a chunk (the annotations' own)."
+    )
+    deletion_only: bool = option(
+        False, "Chunk programs keep only their deletions; the operations left out are counted."
     )
     overwrite: bool = option(False, "Replace the output.")
 
@@ -120,12 +127,22 @@ def examples_of(
         prompts = chunk_prompts(chunks, tokenizer)
         for index, (entry, prompt) in enumerate(zip(annotated, prompts)):
             if entry.get("ok") and isinstance(entry.get("program"), str):
-                examples.append(
-                    _example(doc_id, "chunk", index, prompt, entry["program"], tokenizer)
-                )
+                program = entry["program"]
+                if config.deletion_only:
+                    program, left_out = deletions_of(program)
+                    if left_out:
+                        skipped["chunk: non-deletion operations left out"] += left_out
+                examples.append(_example(doc_id, "chunk", index, prompt, program, tokenizer))
             else:
                 skipped["chunk: teacher failed"] += 1
     return examples, skipped
+
+
+def deletions_of(program_text: str) -> tuple[str, int]:
+    """The program with only its deletions, canonical; and how many operations it lost."""
+    operations = parse(program_text).operations
+    kept = tuple(op for op in operations if is_deletion(op))
+    return Program(kept).to_text() or "keep_doc()", len(operations) - len(kept)
 
 
 def write_sft_data(config: SFTConfig) -> dict[str, Any]:
@@ -167,6 +184,7 @@ def write_sft_data(config: SFTConfig) -> dict[str, Any]:
         "seed": config.seed,
         "max_doc_tokens": config.max_doc_tokens,
         "max_chunk_tokens": config.max_chunk_tokens,
+        "deletion_only": config.deletion_only,
         "documents": documents,
         "examples": dict(sorted(counts.items())),
         "left_out": dict(sorted(skipped.items())),

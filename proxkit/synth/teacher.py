@@ -1,7 +1,8 @@
 """Read and validate a teacher's answers. Nothing a teacher writes is trusted: doc-level answers
 must be one JSON object with both scores in range; chunk-level answers must parse with the
-strict parser and refer only to the chunk's lines and strings. A bad answer becomes an
-`Invalid` value naming what is wrong, never an exception.
+strict parser and refer only to the chunk's lines and strings (a cut's string once in its
+line), and with `deletion_only` hold deletions only. A bad answer becomes an `Invalid` value
+naming what is wrong, never an exception. Clean-mode answers are read in `clean.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ import re
 from dataclasses import dataclass
 
 from proxkit.chunking import Chunk, chunk_content
-from proxkit.program.ops import DropDoc, KeepDoc, Normalize, Program, RemoveLines
+from proxkit.program.ops import (
+    DropDoc,
+    KeepDoc,
+    Normalize,
+    Program,
+    RemoveLines,
+    RemoveStr,
+    is_deletion,
+    operation_to_text,
+    unique_position,
+)
 from proxkit.program.parser import parse
 
 SCORES = ("educational_value", "format_readability")
@@ -73,7 +84,7 @@ def read_doc_answer(text: str) -> DocLabel | Invalid:
     return DocLabel(scores[SCORES[0]], scores[SCORES[1]], reason if isinstance(reason, str) else "")
 
 
-def read_chunk_answer(text: str, chunk: Chunk) -> Program | Invalid:
+def read_chunk_answer(text: str, chunk: Chunk, deletion_only: bool = False) -> Program | Invalid:
     body = _unfenced(text).strip()
     if not body:
         return Invalid("empty", "the answer is empty")
@@ -87,7 +98,24 @@ def read_chunk_answer(text: str, chunk: Chunk) -> Program | Invalid:
     if not program.operations:
         return Invalid("program_error", "no operation in the answer")
     content = chunk_content(chunk.text)
+    lines = content.split("\n")
     for op in program.operations:
+        if deletion_only and not is_deletion(op):
+            return Invalid(
+                "not_a_deletion",
+                f"{operation_to_text(op)} does not only delete; use remove_lines, remove_str, "
+                'or normalize with target_str=""',
+            )
+        if isinstance(op, RemoveStr):
+            if not chunk.first_line <= op.line <= chunk.last_line:
+                return Invalid(
+                    "out_of_range",
+                    f"remove_str(line={op.line}) outside lines {chunk.first_line}-{chunk.last_line}",
+                )
+            if unique_position(op.text, lines[op.line - chunk.first_line]) is None:
+                return Invalid(
+                    "bad_cut", f"{op.text!r} does not occur exactly once in line {op.line}"
+                )
         if isinstance(op, DropDoc):
             return Invalid("program_error", "drop_doc() is not a chunk-level operation")
         if isinstance(op, KeepDoc) and len(program.operations) > 1:
