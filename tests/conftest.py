@@ -32,6 +32,11 @@ from hypothesis import strategies as st
 from proxkit.program import DropDoc, KeepDoc, Normalize, RemoveAllLines, RemoveLines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+# Parallel workers, each with torch's threads, are more threads than cores: OpenMP threads that
+# spin while waiting for a descheduled partner made torch-bound tests 6x slower on the 2-core
+# machine. Waiting threads sleep instead (read when torch loads, so before any import of it;
+# the `prox` processes tests start inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
