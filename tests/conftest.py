@@ -1,12 +1,29 @@
-"""Shared fixtures: the real Llama-2 tokenizer (skipped where ../shared is absent) and a tiny
-tokenizer trained on the fly, both as folders loaded through the real loading code."""
+"""Shared fixtures. The suite runs in parallel processes (pytest-xdist, `-n` in pyproject's
+addopts), so what is costly to make is made once per run and shared by every worker:
+
+- `llama2_dir`: the real Llama-2 tokenizer (tests skip where ../shared is absent).
+- `tiny_tokenizer_dir`: a small BPE tokenizer trained on the fly.
+- `tiny_model(steps, chunk_level=False)`: the folder of a tiny Llama refining model trained at
+  test time (tests/tiny_model.py), one per (steps, chunk_level); `refiner` is the one trained for
+  both stages (200 steps).
+- `example_output`: the shipped example corpus refined by the rule programmer (`prox refine
+  examples/web_docs.jsonl.gz --doc-programmer rules --chunk-programmer rules`), a run folder.
+- `built_once(tmp_path_factory, name, build)`: the helper behind them, for your own: `build(folder)`
+  runs once per test run, under a file lock, in a folder every worker sees.
+
+What they return is shared: read it, never write into it (copy it to `tmp_path` first). Tests
+must be safe beside each other: write under `tmp_path`, bind servers to port 0, and take no
+machine-wide resource without a lock.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +32,11 @@ from hypothesis import strategies as st
 from proxkit.program import DropDoc, KeepDoc, Normalize, RemoveAllLines, RemoveLines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+# Parallel workers, each with torch's threads, are more threads than cores: OpenMP threads that
+# spin while waiting for a descheduled partner made torch-bound tests 6x slower on the 2-core
+# machine. Waiting threads sleep instead (read when torch loads, so before any import of it;
+# the `prox` processes tests start inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROXKIT_SHARED", REPO.parent / "shared"))
@@ -30,14 +52,70 @@ def llama2_dir() -> Path:
     return LLAMA2
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name`, filled by `build(folder)` once per test run: the first process to
+    need it builds it under a file lock in the run's temporary root (which every xdist worker
+    shares), the others wait for it and reuse it. A build that failed is tried again."""
+    from filelock import FileLock
+
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # popen-gwN/ -> the run's own pytest-N/
+    folder = root / "built-once" / name
+    folder.parent.mkdir(exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if not (folder.parent / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder.parent / f"{name}.done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def refiner(tmp_path_factory: pytest.TempPathFactory, llama2_dir: Path) -> Path:
-    """A tiny refining model trained for both stages (tests/tiny_model.py), saved as a folder."""
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama2_dir: Path):
+    """`tiny_model(steps, chunk_level=False)`: a tiny refining model (tests/tiny_model.py) as a
+    folder, trained once per run for each (steps, chunk_level)."""
     pytest.importorskip("torch")
     from tiny_model import build_tiny_model
 
-    folder = tmp_path_factory.mktemp("refiner")
-    return build_tiny_model(folder, llama2_dir, steps=200, chunk_level=True)
+    def trained(steps: int = 120, chunk_level: bool = False) -> Path:
+        name = f"tiny-model-{steps}-steps" + ("-chunk-level" if chunk_level else "")
+        return built_once(
+            tmp_path_factory,
+            name,
+            lambda folder: build_tiny_model(
+                folder, llama2_dir, steps=steps, chunk_level=chunk_level
+            ),
+        )
+
+    return trained
+
+
+@pytest.fixture(scope="session")
+def refiner(tiny_model) -> Path:
+    """A tiny refining model trained for both stages (tests/tiny_model.py), saved as a folder."""
+    return tiny_model(200, chunk_level=True)
+
+
+@pytest.fixture(scope="session")
+def example_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example corpus refined by the rule programmer: a run folder (shards, stats.json,
+    config.yaml), made once per run."""
+    from proxkit.config import RefineConfig
+    from proxkit.pipeline.run import run
+
+    def refine(folder: Path) -> None:
+        config = RefineConfig(
+            inputs=(str(EXAMPLE_CORPUS),),
+            output=str(folder / "out"),
+            doc_programmer="rules",
+            chunk_programmer="rules",
+            workers=1,
+        )
+        run(config, progress=False)
+
+    return built_once(tmp_path_factory, "example-output", refine) / "out"
 
 
 @pytest.fixture(scope="session")

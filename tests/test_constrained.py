@@ -151,17 +151,12 @@ def malformed_rate(outputs, chunks) -> float:
 
 @pytest.mark.parametrize("generation", ["static", "continuous"])
 @pytest.mark.parametrize("steps", [0, 120])
-def test_constrained_generation_never_writes_a_malformed_program(
-    steps, generation, tmp_path, llama2_dir
-):
-    pytest.importorskip("torch")
+def test_constrained_generation_never_writes_a_malformed_program(steps, generation, tiny_model):
     from proxkit.chunking import Chunker, chunk_content
     from proxkit.programmers.hf import HFSettings, TransformersBackend
     from proxkit.prompts import chunk_prompts
 
-    from tiny_model import build_tiny_model
-
-    folder = build_tiny_model(tmp_path / "m", llama2_dir, steps=steps)
+    folder = tiny_model(steps)
     backend = TransformersBackend(str(folder), HFSettings(generation=generation))
     texts = [record["text"] for record in example_records()[:3]]
     chunks = [c for doc in Chunker(backend.tokenizer.backend, 300)(texts) for c in doc][:12]

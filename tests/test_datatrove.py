@@ -54,6 +54,9 @@ def _remembered(split):
     return lambda text, language: list(remembered(text, language))
 
 
+pytestmark = pytest.mark.xdist_group("datatrove")  # one worker: the cache below serves them all
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _tokenize_each_text_once():
     """spaCy gives a text the same tokens every time, and every family here tokenizes the
@@ -97,15 +100,9 @@ def run_datatrove(tmp_path: Path, dropped: str) -> tuple[list[dict], list[dict]]
 
 
 @pytest.fixture(scope="module")
-def prox_refined(tmp_path_factory) -> dict[str, dict]:
-    folder = tmp_path_factory.mktemp("prox")
-    source = write_jsonl(folder / "in.jsonl", example_records())
-    subprocess.run(
-        [sys.executable, "-m", "proxkit.cli", "refine", str(source), "-o", str(folder / "out"),
-         "--doc-programmer", "rules", "--chunk-programmer", "rules", "-q"],
-        check=True, timeout=600,
-    )  # fmt: skip
-    return {r["id"]: r for p in (folder / "out").glob("part-*") for r in read_jsonl(p)}
+def prox_refined(example_output) -> dict[str, dict]:
+    """What `prox refine --doc-programmer rules --chunk-programmer rules` wrote, by id."""
+    return {r["id"]: r for p in example_output.glob("part-*") for r in read_jsonl(p)}
 
 
 def test_a_datatrove_pipeline_with_the_prox_step_writes_what_prox_refine_writes(

@@ -113,8 +113,14 @@ def refine(tmp_path, folder, name: str, **options) -> tuple[bytes, dict]:
     return gzip.decompress((tmp_path / name / "part-00000-00000.jsonl.gz").read_bytes()), stats
 
 
-def test_a_refine_run_gives_the_same_bytes_on_every_path(refiner, tmp_path):
-    static, static_stats = refine(tmp_path, refiner, "static", generation="static")
+@pytest.fixture(scope="module")
+def static_run(refiner, tmp_path_factory) -> tuple[bytes, dict]:
+    """One refine run with static batches, one process: what every other path must write."""
+    return refine(tmp_path_factory.mktemp("runs"), refiner, "static", generation="static")
+
+
+def test_a_refine_run_gives_the_same_bytes_on_every_path(refiner, static_run, tmp_path):
+    static, static_stats = static_run
     continuous, stats = refine(tmp_path, refiner, "continuous", generation="continuous")
     assert continuous == static
     records = [json.loads(line) for line in static.splitlines()]
@@ -127,8 +133,8 @@ def test_a_refine_run_gives_the_same_bytes_on_every_path(refiner, tmp_path):
     assert stats.programmers["model"]["busy_seconds"] > 0
 
 
-def test_model_replicas_give_the_bytes_of_one(refiner, tmp_path):
-    one, _ = refine(tmp_path, refiner, "one", generation="static")
+def test_model_replicas_give_the_bytes_of_one(refiner, static_run, tmp_path):
+    one, _ = static_run
     two, stats = refine(
         tmp_path, refiner, "two", generation="static", replicas=("cpu", "cpu"), threads=1
     )

@@ -19,21 +19,21 @@ from proxkit.programmers.hf import HFSettings, ModelNotFound, TransformersBacken
 from proxkit.programmers.lm import DocScoring, LMProgrammer
 from proxkit.prompts import doc_prompts
 
-from tiny_model import build_tiny_model, make_documents
+from tiny_model import make_documents
 
 # Exact comparisons need fp32 (the default on a GPU is bfloat16).
 FP32 = HFSettings(dtype="float32")
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, llama2_dir):
-    return build_tiny_model(tmp_path_factory.mktemp("trained"), llama2_dir, steps=120)
+def trained_model(tiny_model):
+    return tiny_model(120)
 
 
 @pytest.fixture(scope="session")
-def undecided_model(tmp_path_factory, llama2_dir):
+def undecided_model(tiny_model):
     """Trained so little that keep and drop are nearly tied: the hard case for the scorer."""
-    return build_tiny_model(tmp_path_factory.mktemp("undecided"), llama2_dir, steps=40)
+    return tiny_model(40)
 
 
 def documents(count: int = 24, seed: int = 99) -> tuple[list[Document], list[bool]]:

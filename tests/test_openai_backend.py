@@ -106,11 +106,10 @@ def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir, a
     assert forced - 2 <= served["requests"] <= forced + 4
 
 
-def test_a_real_model_behind_the_api(tmp_path, llama2_dir, request):
-    pytest.importorskip("torch")
-    from tiny_model import build_tiny_model, make_documents
+def test_a_real_model_behind_the_api(tmp_path, tiny_model, request):
+    from tiny_model import make_documents
 
-    model = build_tiny_model(tmp_path / "model", llama2_dir, steps=120)
+    model = tiny_model(120)
     process, url = start_server("--model", str(model))
     try:
         pairs = make_documents(8, 5)

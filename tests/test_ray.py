@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time on this machine
 
 from proxkit.config import RefineConfig  # noqa: E402
 from proxkit.pipeline.run import run  # noqa: E402
@@ -73,11 +73,10 @@ def test_a_ray_run_resumes_from_its_completion_records(corpus, tmp_path):
     assert shards(output) == expected and stats["documents"] == 180
 
 
-def test_model_programmers_run_as_an_actor_pool(corpus, tmp_path, llama2_dir):
-    pytest.importorskip("torch")
-    from tiny_model import build_tiny_model, make_documents
+def test_model_programmers_run_as_an_actor_pool(corpus, tmp_path, tiny_model):
+    from tiny_model import make_documents
 
-    model = build_tiny_model(tmp_path / "model", llama2_dir, steps=120)
+    model = tiny_model(120)
     inputs = tmp_path / "docs"
     inputs.mkdir()
     pairs = make_documents(12, 11)
@@ -102,4 +101,3 @@ def test_model_programmers_run_as_an_actor_pool(corpus, tmp_path, llama2_dir):
     assert [json.loads(line)["metadata"]["doc_program"] for line in on_ray.splitlines()] == [
         "keep_doc()" if keep else "drop_doc()" for _, keep in pairs
     ]
-    shutil.rmtree(tmp_path / "model")

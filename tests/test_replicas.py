@@ -1,6 +1,6 @@
 """Model replicas as real processes (`prox refine --replicas cpu,cpu`): a replica killed during
 the run stops it with a message naming its device, no process is left behind, and the same
-command resumes to the bytes of an uninterrupted run."""
+command resumes to the bytes of an uninterrupted run in one process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from proxkit.cli import app
 
 from conftest import write_jsonl
 from tiny_model import make_documents
@@ -49,8 +52,12 @@ def test_a_killed_replica_stops_the_run_and_the_run_resumes(refiner, tmp_path):
         texts = make_documents(12, seed=part)
         records = [{"id": f"{part}-{i}", "text": t} for i, (t, _) in enumerate(texts)]
         write_jsonl(inputs / f"part{part}.jsonl", records)
-    whole = tmp_path / "whole"
-    subprocess.run(command(inputs, whole, refiner), check=True, timeout=600)
+    whole = tmp_path / "whole"  # in this process, without replicas: the bytes replicas owe
+    single = command(inputs, whole, refiner)[3:]
+    at = single.index("--replicas")
+    assert single[at : at + 4] == ["--replicas", "cpu,cpu", "--threads", "1"]
+    del single[at : at + 4]
+    assert CliRunner().invoke(app, single).exit_code == 0
 
     output = tmp_path / "out"
     process = subprocess.Popen(command(inputs, output, refiner), stderr=subprocess.PIPE, text=True)

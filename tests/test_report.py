@@ -21,8 +21,6 @@ from proxkit.report.collect import collect, read_records
 from proxkit.report.diff import document_view
 from proxkit.report.html import render
 
-from conftest import EXAMPLE_CORPUS
-
 pytest.importorskip("matplotlib")
 
 PAGE = "Menu | Home\nA first real sentence of the article text.\nA second line&nbsp;with more words in it.\nShare this page"
@@ -69,14 +67,8 @@ def stored_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def example_run(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("example") / "out"
-    config = RefineConfig(
-        inputs=(str(EXAMPLE_CORPUS),), output=str(output), doc_programmer="rules",
-        chunk_programmer="rules", workers=1,
-    )  # fmt: skip
-    run(config, progress=False)
-    return output
+def example_run(example_output) -> Path:
+    return example_output
 
 
 def check_view_against_program(record: dict, config: RefineConfig) -> None:

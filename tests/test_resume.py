@@ -17,6 +17,9 @@ import pytest
 
 from conftest import example_records
 
+# One worker runs this module: its corpora and uninterrupted runs are made once, and the tests
+# that run again in those outputs do not meet each other there.
+pytestmark = pytest.mark.xdist_group("resume")
 RULES = ("--doc-programmer", "rules", "--chunk-programmer", "rules")
 
 
