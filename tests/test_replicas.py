@@ -37,7 +37,7 @@ def command(inputs: Path, output: Path, model: Path) -> list[str]:
         "--doc-programmer", str(model), "--chunk-programmer", str(model),
         "--replicas", "cpu,cpu", "--threads", "1", "--batch-size", "4",
         "--doc-keep-fraction", "0.75", "--chunk-max-new-tokens", "40", "--dtype", "float32",
-        "--generation", "static", "-q",
+        "-q",
     ]  # fmt: skip
 
 

@@ -3,8 +3,8 @@
 A model run in one process is split over three threads, each feeding the next through a
 queue of at most `depth` batches, so memory stays bounded however long the corpus:
 - the reader decompresses and parses the next batches;
-- the starter runs each batch's doc stage and hands its chunk prompts to the model, which on
-  the continuous path generates them in the background (`BatchProcessor.start`);
+- the starter runs each batch's doc stage and has the model write its chunk programs
+  (`BatchProcessor.start`);
 - the caller's thread waits for each batch's programs, in order, executes them and writes
   (`BatchProcessor.finish`).
 So chunking, prompt building and tokenizing of the next batch, and executing and writing of

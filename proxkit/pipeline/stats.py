@@ -194,20 +194,18 @@ class RunStats:
                         f"{numbers['generated_tokens']:,} ({numbers['outputs_at_token_limit']:,} of {outputs:,})",
                     )
                 )
-            if numbers.get("regenerated_under_grammar"):
-                rows.append(
-                    (
-                        f"{stage} outputs redone under the grammar",
-                        f"{numbers['regenerated_under_grammar']:,}",
-                    )
-                )
         model = self.programmers.get("model", {})
+        if model.get("steps_corrected_by_grammar"):
+            rows.append(
+                (
+                    "decoding steps where the grammar replaced the model's choice",
+                    f"{model['steps_corrected_by_grammar']:,}",
+                )
+            )
         if model.get("oom_splits"):
             rows.append(
                 ("batches split after running out of GPU memory", f"{model['oom_splits']:,}")
             )
-        if model.get("continuous_stopped"):
-            rows.append(("continuous batching stopped", str(model["continuous_stopped"])))
         if self.tokens_before:
             rows.append(
                 ("tokens before -> after", f"{self.tokens_before:,} -> {self.tokens_after:,}")

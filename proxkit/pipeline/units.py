@@ -36,9 +36,7 @@ NOT_OUTPUT_CHANGING = frozenset(
         "world_size",
         "replicas",
         "threads",
-        "generation",
         "max_batch_size",
-        "kv_cache_tokens",
     }
 )
 

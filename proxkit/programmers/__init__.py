@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxkit.programmers.base import STAGES, Programmer, Stage, Written
+from proxkit.programmers.base import STAGES, BackendCannot, Programmer, Stage, Written
 
 if TYPE_CHECKING:
     from proxkit.config import RefineConfig
@@ -75,9 +75,19 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
             spec, OpenAISettings.from_config(config, config.api_mode), tokenizer=config.tokenizer
         )
     elif config.backend == "vllm":
-        from proxkit.programmers.vllm import VLLMBackend
+        from proxkit.programmers.vllm import VLLMBackend, VLLMSettings
 
-        backend = VLLMBackend(spec, tensor_parallel=config.tensor_parallel, dtype=config.dtype)
+        backend = VLLMBackend(
+            spec,
+            VLLMSettings(
+                device=config.device,
+                dtype=config.dtype,
+                tensor_parallel=config.tensor_parallel,
+                threads=config.threads,
+                kv_cache_gib=config.kv_cache_gib,
+                compile=bool(config.compile_model),
+            ),
+        )
     else:
         from proxkit.programmers.hf import HFSettings, TransformersBackend
 
@@ -95,8 +105,6 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 max_batch_size=config.max_batch_size,
                 threads=config.threads,
                 compile=config.compile_model,
-                generation=config.generation,
-                cache_tokens=config.kv_cache_tokens,
             ),
         )
     scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)
@@ -122,6 +130,7 @@ def _looks_like_model(spec: str) -> bool:
 
 __all__ = [
     "STAGES",
+    "BackendCannot",
     "Programmer",
     "Stage",
     "UnknownProgrammer",

@@ -39,6 +39,11 @@ class Programmer(Protocol):
         ...
 
 
+class BackendCannot(ValueError):
+    """A programmer or backend that cannot do what the configuration asks (say, keep
+    generation inside the grammar): refused when it is made, never silently ignored."""
+
+
 Pending = Callable[[], list[Written]]
 """Programs still being written: calling it waits for them."""
 

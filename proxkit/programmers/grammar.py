@@ -16,18 +16,25 @@ or confused model cannot spend the whole token budget repeating itself: nothing 
 previous one ended), and a normalize source is written at most once. Each of these removes only
 programs that do the same as a shorter one.
 
-`allowed_tokens` walks a trie of the vocabulary's token strings from the automaton's state,
-so only tokens that keep the text a valid program prefix survive; in free-text states
-(a normalize target) a precomputed set of plain-text tokens is used instead of the walk.
-`follows` checks a finished generation against the same automaton, token by token, exactly as
-constrained decoding would have steered it.
+Decoding under the grammar is greedy, so it needs no full token mask at each step
+(`GreedyRows`): the model's own best token is checked first, by feeding its text to the
+automaton, and only when the grammar refuses it are the allowed tokens listed and the best of
+them taken. That is exactly what masking every other token and taking the best would choose,
+and it costs one automaton step per row while the model writes valid programs (a trained
+refiner nearly always does). `allowed_tokens` lists the allowed tokens by walking a trie of the
+vocabulary's token strings from the automaton's state, entering only the characters the state
+can take next (`ProgramGrammar.next_chars`); in free-text states (a normalize target) a
+precomputed set of plain-text tokens is used instead of the walk. Allowed lists are kept per
+grammar and state, as tensors, so a state met again costs nothing. `follows` checks a finished
+generation against the same automaton, token by token, exactly as constrained decoding would
+have steered it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="')
 DOC_ANSWERS = ("keep_doc()", "drop_doc()")
@@ -69,6 +76,59 @@ class ProgramGrammar:
                 return None
             state = self._step(state, char)
         return state
+
+    def next_chars(self, state: State) -> str | None:
+        """The characters `state` can take next, or None where almost any can (inside a
+        string): the trie walk enters only these, instead of every first character."""
+        kind, text = state.kind, state.text
+        if kind == "start":
+            return (" " if text == "" else "") + self.next_chars(
+                state._replace(kind="head", text="")
+            )  # type: ignore[operator]
+        if kind == "head":
+            return "".join(
+                {
+                    h[len(text)]
+                    for h in self._heads(state)
+                    if h.startswith(text) and len(h) > len(text)
+                }
+            )
+        if kind == "start_num":
+            return DIGITS + ("," if text else "")
+        if kind == "end_num":
+            return DIGITS + (")" if text else "")
+        if kind == "mid":
+            return ", line_end="[len(text)]
+        if kind == "between":
+            return '", target_str="'[len(text)]
+        if kind == "close":
+            return ")"
+        if kind == "end":
+            return " \n"
+        if kind in ("final", "trail"):
+            return " "
+        if kind == "source":
+            return self._source_next(state)
+        return None  # a normalize target: any character but the forbidden ones
+
+    def _source_next(self, state: State) -> str:
+        """What can follow a normalize source so far: the characters after its occurrences in
+        the chunk, and the closing quote once it is a new, non-empty source."""
+        source, text = state.text, self.text
+        if not source:
+            chars = set(text)
+        else:
+            chars = set()
+            at = text.find(source)
+            while at != -1:
+                after = at + len(source)
+                if after < len(text):
+                    chars.add(text[after])
+                at = text.find(source, at + 1)
+        chars -= FORBIDDEN_IN_STRINGS
+        if source and source not in state.used:
+            chars.add('"')
+        return "".join(chars)
 
     def _heads(self, state: State) -> tuple[str, ...]:
         if self.stage == "doc":
@@ -219,76 +279,109 @@ def follows(
     for token in tokens:
         if token == eos_id:
             return grammar.accepts(state)  # type: ignore[arg-type]
-        state = grammar.feed(state, trie.text_of.get(token, "\x00"))
+        state = advance(grammar, state, token, trie)  # type: ignore[arg-type]
         if state is None:
             return False
     return True
 
 
+def advance(grammar: ProgramGrammar, state: State, token: int, trie: TokenTrie) -> State | None:
+    """The state after writing `token` (not EOS), or None where the grammar refuses it; tokens
+    that are no whole characters (byte pieces of a longer UTF-8 character) are refused."""
+    text = trie.text_of.get(token)
+    return None if text is None else grammar.feed(state, text)
+
+
 def allowed_tokens(grammar: ProgramGrammar, state: State, trie: TokenTrie) -> list[int]:
     """Token ids that keep the output a valid program prefix from `state`."""
-    if state.kind == "target":
-        # Any plain text continues a target; tokens holding a quote are checked one by one.
-        allowed = list(trie.free)
-        stack = (
-            [(trie.root.children['"'], grammar.feed(state, '"'))]
-            if '"' in trie.root.children
-            else []
-        )
-        _walk(grammar, stack, allowed)
-        return allowed
     allowed: list[int] = []
-    stack = [(child, grammar.feed(state, char)) for char, child in trie.root.children.items()]
-    _walk(grammar, stack, allowed)
+    chars = grammar.next_chars(state)
+    if chars is None:
+        # A normalize target: any plain text continues it; tokens holding a quote are walked.
+        allowed.extend(trie.free)
+        chars = '"'
+    children = trie.root.children
+    stack = [(children[c], grammar._step(state, c)) for c in chars if c in children]
+    while stack:
+        node, after = stack.pop()
+        if after is None:
+            continue
+        allowed.extend(node.tokens)
+        next_chars = grammar.next_chars(after)
+        if next_chars is None:
+            stack.extend((child, grammar._step(after, c)) for c, child in node.children.items())
+        else:
+            stack.extend(
+                (node.children[c], grammar._step(after, c))
+                for c in next_chars
+                if c in node.children
+            )
     return allowed
 
 
-def _walk(grammar: ProgramGrammar, stack: list, allowed: list[int]) -> None:
-    while stack:
-        node, state = stack.pop()
-        if state is None:
-            continue
-        allowed.extend(node.tokens)
-        stack.extend((child, grammar._step(state, char)) for char, child in node.children.items())
+class Steering:
+    """What the grammar lets greedy decoding write, for any number of rows and batches: checks
+    a token from a state (`after`), and picks the best allowed token where the model's own
+    choice was refused (`best_allowed`; ties go to the lowest token id, as argmax over a
+    masked row does). EOS is allowed only after a complete program, and is the only choice
+    once nothing else is. Allowed lists are cached per grammar and state as index tensors."""
 
-
-class GrammarProcessor:
-    """A transformers logits processor: each row of a batch may only continue its grammar."""
-
-    def __init__(
-        self, grammars: Sequence[ProgramGrammar], trie: TokenTrie, prompt_length: int, eos_id: int
-    ) -> None:
-        self.grammars = list(grammars)
+    def __init__(self, trie: TokenTrie, eos_id: int, cache_entries: int = 4096) -> None:
         self.trie = trie
-        self.states: list[State | None] = [g.start() for g in grammars]
-        self.finished = [False] * len(grammars)
-        self.seen = prompt_length
         self.eos_id = eos_id
-        self.memo: dict[tuple[int, State], list[int]] = {}
+        self.cache_entries = cache_entries
+        self.allowed: dict[tuple[ProgramGrammar, State], Any] = {}
+        self.corrected = 0  # steps where the model's own choice was refused
 
-    def __call__(self, input_ids, scores):
+    def after(self, grammar: ProgramGrammar, state: State | None, token: int) -> State | None:
+        """The state after `token` (the same state for an allowed EOS), None if refused."""
+        if state is None:  # nothing valid is left to write: only EOS
+            return None
+        if token == self.eos_id:
+            return state if grammar.accepts(state) else None
+        return advance(grammar, state, token, self.trie)
+
+    def best_allowed(self, grammar: ProgramGrammar, state: State | None, row_logits: Any) -> int:
         import torch
 
-        if input_ids.shape[1] > self.seen:
-            for row, token in enumerate(input_ids[:, -1].tolist()):
-                if self.finished[row] or token == self.eos_id:
-                    self.finished[row] = True
-                    continue
-                self.states[row] = self.grammars[row].feed(
-                    self.states[row], self.trie.text_of.get(token, "\x00")
-                )
-            self.seen = input_ids.shape[1]
-        mask = torch.full_like(scores, float("-inf"))
-        for row, state in enumerate(self.states):
-            grammar = self.grammars[row]
-            if self.finished[row] or state is None:
-                mask[row, self.eos_id] = 0
-                continue
-            key = (row, state)
-            if key not in self.memo:
-                allowed = allowed_tokens(grammar, state, self.trie)
-                if grammar.accepts(state):
-                    allowed.append(self.eos_id)
-                self.memo[key] = allowed or [self.eos_id]
-            mask[row, self.memo[key]] = 0
-        return scores + mask
+        self.corrected += 1
+        if state is None:
+            return self.eos_id
+        key = (grammar, state)
+        allowed = self.allowed.get(key)
+        if allowed is None:
+            ids = allowed_tokens(grammar, state, self.trie)
+            if grammar.accepts(state):
+                ids.append(self.eos_id)
+            allowed = torch.tensor(sorted(set(ids)) or [self.eos_id], device=row_logits.device)
+            if len(self.allowed) >= self.cache_entries:
+                self.allowed.clear()
+            self.allowed[key] = allowed
+        if len(allowed) == 1:
+            return int(allowed[0])
+        return int(allowed[row_logits[allowed].argmax()])
+
+
+class GreedyRows:
+    """Greedy decoding of one batch under per-row grammars, one step at a time: `choose`
+    returns, for each row still writing, the token that greedy decoding with every disallowed
+    token masked would pick (the row's best token when the grammar allows it, checked by
+    feeding it to the automaton, else the best allowed one), and advances the rows' states."""
+
+    def __init__(self, grammars: Sequence[ProgramGrammar], steering: Steering) -> None:
+        self.grammars = list(grammars)
+        self.steering = steering
+        self.states: list[State | None] = [g.start() for g in self.grammars]
+
+    def choose(self, logits: Any, rows: Sequence[int]) -> list[int]:
+        """`logits[i]` are the next-token logits of row `rows[i]`."""
+        steer = self.steering
+        best = logits.argmax(-1).tolist()
+        for i, (row, token) in enumerate(zip(rows, best)):
+            grammar, state = self.grammars[row], self.states[row]
+            after = steer.after(grammar, state, token)
+            if after is None:
+                token = best[i] = steer.best_allowed(grammar, state, logits[i])
+                after = steer.after(grammar, state, token)
+            self.states[row] = after
+        return best

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from proxkit.chunking import Chunker, chunk_content
 from proxkit.io.readers import Document
-from proxkit.programmers.base import STAGES, Pending, Stage, Written
+from proxkit.programmers.base import STAGES, BackendCannot, Pending, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, answer_text, chunk_prompts, doc_prompts
 from proxkit.tokenizer import TokenizerInfo
@@ -44,7 +44,6 @@ class Completion:
     text: str
     tokens: int = 0  # generated tokens, end of sequence excluded
     hit_limit: bool = False  # stopped by the token limit, not by the model
-    regenerated: bool = False  # written again under the grammar (see hf.py)
 
 
 Completions = Callable[[], list["Completion | Exception"]]
@@ -91,7 +90,7 @@ class DocScoring:
 class ModelWork:
     """The work one stage gave the model: prompts and their tokens (attention over a prompt
     costs its length squared), and for generation the tokens written, the context each was
-    written in, their lengths, and how many outputs hit the token limit or were regenerated."""
+    written in, their lengths, and how many outputs hit the token limit."""
 
     prompts: int = 0
     prompt_tokens: int = 0
@@ -99,7 +98,6 @@ class ModelWork:
     generated_tokens: int = 0
     generated_context: int = 0
     at_token_limit: int = 0
-    regenerated: int = 0
     output_tokens: Counter = field(default_factory=Counter)  # length -> outputs
 
     def add_prompts(self, prompts: Sequence[Prompt]) -> None:
@@ -114,7 +112,6 @@ class ModelWork:
         self.generated_tokens += n
         self.generated_context += n * prompt_tokens + n * (n - 1) // 2
         self.at_token_limit += completion.hit_limit
-        self.regenerated += completion.regenerated
         self.output_tokens[n] += 1
 
 
@@ -203,8 +200,17 @@ class LMProgrammer:
         # One cache per stage: a model serving both stages reports each stage's hit rate.
         self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
         self.work = {stage: ModelWork() for stage in STAGES}
-        # Grammar-constrained generation where the backend can do it (see grammar.py).
-        self.constrained = constrained and getattr(backend, "supports_grammars", False)
+        self.constrained = constrained
+        if constrained and not getattr(backend, "supports_grammars", False):
+            raise BackendCannot(
+                f"--constrained: the backend of {backend.name!r} cannot keep generation inside "
+                "the grammar; use another backend or --no-constrained"
+            )
+        if doc_scoring.method == "forward" and not hasattr(backend, "next_token_logprobs"):
+            raise BackendCannot(
+                f"--doc-scoring forward: the backend of {backend.name!r} gives no next-token "
+                "log-probabilities; use --doc-scoring generate"
+            )
         self.answers: dict[str, tuple[list[int], int, int]] = {}
         self.separator = answer_separator(self.tokenizer)
 
@@ -274,9 +280,7 @@ class LMProgrammer:
             [d.text for d in documents], self.tokenizer, self.max_doc_tokens, self.doc_truncation
         )
         truncated = [p.truncated for p in prompts]
-        if self.doc_scoring.method == "generate" or not hasattr(
-            self.backend, "next_token_logprobs"
-        ):
+        if self.doc_scoring.method == "generate":
             grammars = [ProgramGrammar("doc")] * len(prompts)
             outputs = self._complete("doc", prompts, self.doc_max_new_tokens, grammars)
             return lambda: [
@@ -379,7 +383,6 @@ class LMProgrammer:
                 "generated_tokens": work.generated_tokens,
                 "generated_context": work.generated_context,
                 "outputs_at_token_limit": work.at_token_limit,
-                "regenerated_under_grammar": work.regenerated,
                 "output_tokens": dict(sorted(work.output_tokens.items())),
             }
         return numbers
