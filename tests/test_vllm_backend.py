@@ -1,35 +1,171 @@
-"""The vLLM backend on a real GPU: skipped cleanly where there is no CUDA device or no vLLM."""
+"""The vLLM backend on vLLM's CPU build (or a GPU), against the transformers backend on the
+same weights: greedy programs token for token (both stages, with and without the grammar,
+fp32), keep scores within 1e-4, the program cache, a refused request, whole `prox refine`
+runs (one engine, two replicas, killed and resumed). Skipped cleanly where vLLM is not
+installed; one engine serves the module (an engine takes tens of seconds to start on CPU)."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("vllm")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU", allow_module_level=True)
 
-from proxkit.io.readers import Document  # noqa: E402
-from proxkit.programmers.hf import TransformersBackend  # noqa: E402
-from proxkit.programmers.lm import DocScoring, LMProgrammer  # noqa: E402
-from proxkit.programmers.vllm import VLLMBackend  # noqa: E402
+from proxkit.io.readers import Document
+from proxkit.programmers.hf import HFSettings, TransformersBackend
+from proxkit.programmers.lm import DocScoring, LMProgrammer
+from proxkit.programmers.vllm import VLLMBackend, VLLMSettings, cores_text
 
-from tiny_model import build_tiny_model, make_documents  # noqa: E402
+from conftest import write_jsonl
+from tiny_model import make_documents
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.slow
+# Tests start engines without compiling (start-up in seconds, not a minute) and with a small
+# KV cache; the compiled engine is measured by bench/bench_engines.py.
+SETTINGS = VLLMSettings(dtype="float32", compile=False, kv_cache_gib=1)
+ENGINE_FLAGS = ["--backend", "vllm", "--dtype", "float32", "--no-compile", "--kv-cache-gib", "1"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, llama2_dir):
-    return build_tiny_model(tmp_path_factory.mktemp("vllm_model"), llama2_dir, steps=120)
+def engines(refiner):
+    vllm = VLLMBackend(str(refiner), SETTINGS)
+    yield vllm, TransformersBackend(str(refiner), HFSettings(dtype="float32"))
+    vllm.close()
 
 
-def test_vllm_writes_the_same_programs_as_transformers(model):
-    docs = [Document(str(i), t, {}, "mem", i) for i, (t, _) in enumerate(make_documents(16, 3))]
-    vllm = LMProgrammer(VLLMBackend(str(model), dtype="float32"))
-    reference = LMProgrammer(TransformersBackend(str(model)))
-    assert [w.program for w in vllm.write("doc", docs)] == [
-        w.program for w in reference.write("doc", docs)
+def documents(count: int, seed: int = 3) -> list[Document]:
+    return [
+        Document(str(i), text, {}, "mem", i)
+        for i, (text, _) in enumerate(make_documents(count, seed))
     ]
-    generated = LMProgrammer(vllm.backend, DocScoring("generate")).write("doc", docs)
-    assert [w.program for w in generated] == [w.program for w in vllm.write("doc", docs)]
+
+
+def test_cores_text():
+    assert cores_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and cores_text([3]) == "3"
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_vllm_writes_the_programs_transformers_writes(engines, constrained):
+    vllm, hf = engines
+    docs = documents(24)
+    for scoring in ("forward", "generate"):
+        ours = LMProgrammer(vllm, DocScoring(scoring), constrained=constrained)
+        reference = LMProgrammer(hf, DocScoring(scoring), constrained=constrained)
+        for stage in ("doc", "chunk"):
+            got, expected = ours.write(stage, docs), reference.write(stage, docs)
+            assert [w.program for w in got] == [w.program for w in expected], (stage, scoring)
+            if stage == "doc" and scoring == "forward":
+                scores = [w.info["keep_score"] for w in got]
+                assert scores == pytest.approx(
+                    [w.info["keep_score"] for w in expected], abs=1e-4
+                )
+        chunk_programs = [w.program for w in got]
+    assert any("remove_lines" in p for p in chunk_programs)  # the model learned the task
+
+
+def test_exact_keep_scores_even_for_answers_outside_the_top_tokens(engines, llama2_dir, tmp_path):
+    """Log-probabilities of exactly the asked tokens, not a top-k list with a floor."""
+    vllm, hf = engines
+    from proxkit.prompts import doc_prompts
+
+    prompts = doc_prompts([text for text, _ in make_documents(6, 1)], vllm.tokenizer)
+    rare = [31999, 17, 5000]  # tokens a trained model puts far below its top 20
+    got, expected = vllm.next_token_logprobs(prompts, rare), hf.next_token_logprobs(prompts, rare)
+    assert [row for row in got] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_program_cache_sends_each_prompt_once(engines):
+    vllm, _ = engines
+    programmer = LMProgrammer(vllm)
+    docs = documents(8)
+    first = programmer.write("chunk", docs)
+    sent = vllm.counters["requests"]
+    again = programmer.write("chunk", docs + docs)
+    assert vllm.counters["requests"] == sent  # every prompt came from the cache
+    assert [w.program for w in again] == [w.program for w in first] * 2
+    assert programmer.stats("chunk")["cache_hits"] >= len(docs) * 2
+
+
+def test_a_request_vllm_refuses_leaves_its_document_unrefined(engines):
+    vllm, _ = engines
+    programmer = LMProgrammer(vllm, max_chunk_tokens=8000)
+    too_long = Document("long", " ".join(["word"] * 6000), {}, "mem", 0)  # > 4096 positions
+    written = programmer.write("chunk", [*documents(2), too_long])
+    assert written[0].program and written[1].program
+    assert written[2].program is None and "refused" in written[2].info["failed"]
+    assert vllm.stats()["refused_requests"] >= 1
+
+
+def refine(tmp_path: Path, model: Path, name: str, *flags: str) -> subprocess.Popen:
+    corpus = tmp_path / "corpus"
+    if not corpus.exists():
+        corpus.mkdir()
+        records = [{"id": str(i), "text": t} for i, (t, _) in enumerate(make_documents(48, 5))]
+        for part in range(3):  # three work units
+            write_jsonl(corpus / f"part-{part}.jsonl", records[part * 16 : (part + 1) * 16])
+    command = [
+        sys.executable, "-m", "proxkit.cli", "refine", str(corpus), "-o", str(tmp_path / name),
+        "--doc-programmer", str(model), "--chunk-programmer", str(model),
+        "--batch-size", "8", "--doc-keep-fraction", "0.75", "--chunk-max-new-tokens", "40",
+        "-q", *flags,
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def records(output: Path) -> list[dict]:
+    rows = []
+    for shard in sorted(output.glob("part-*")):
+        rows += [json.loads(line) for line in gzip.decompress(shard.read_bytes()).splitlines()]
+    return rows
+
+
+def shard_bytes(output: Path) -> dict[str, bytes]:
+    return {p.name: gzip.decompress(p.read_bytes()) for p in sorted(output.glob("part-*"))}
+
+
+def test_refine_runs_one_engine_two_replicas_and_resumes_after_a_kill(refiner, tmp_path):
+    hf = refine(tmp_path, refiner, "transformers", "--dtype", "float32")
+    finished(hf)
+    one = refine(tmp_path, refiner, "vllm", *ENGINE_FLAGS)
+    summary = finished(one)
+    assert "prox refine" in summary
+
+    def written(record):
+        meta = record["metadata"]
+        return record["text"], meta.get("doc_program"), meta.get("chunk_program")
+
+    expected = records(tmp_path / "transformers")
+    assert [written(r) for r in records(tmp_path / "vllm")] == [written(r) for r in expected]
+    stats = json.loads((tmp_path / "vllm" / "stats.json").read_text())
+    assert stats["programmers"]["model"]["engine"] == "vllm"
+
+    two = refine(tmp_path, refiner, "replicas", *ENGINE_FLAGS, "--replicas", "cpu,cpu")
+    finished(two)
+    assert shard_bytes(tmp_path / "replicas") == shard_bytes(tmp_path / "vllm")
+
+    killed = refine(tmp_path, refiner, "killed", *ENGINE_FLAGS)
+    done = tmp_path / "killed" / "_prox" / "done"
+    deadline = time.monotonic() + 600
+    while not (done.is_dir() and any(done.iterdir())) and time.monotonic() < deadline:
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.kill(killed.pid, signal.SIGKILL)  # one unit finished, the others not
+    killed.communicate()
+    assert len(list(done.iterdir())) < 3
+    finished(refine(tmp_path, refiner, "killed", *ENGINE_FLAGS))
+    assert shard_bytes(tmp_path / "killed") == shard_bytes(tmp_path / "vllm")

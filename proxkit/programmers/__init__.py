@@ -68,13 +68,14 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
     from proxkit.programmers.lm import DocScoring, LMProgrammer
 
     config = config or RefineConfig()
-    if config.backend == "openai":
+    backend_name = pick_backend(config.backend, config.device, config.api_base)
+    if backend_name == "openai":
         from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
 
         backend = OpenAIBackend(
             spec, OpenAISettings.from_config(config, config.api_mode), tokenizer=config.tokenizer
         )
-    elif config.backend == "vllm":
+    elif backend_name == "vllm":
         from proxkit.programmers.vllm import VLLMBackend, VLLMSettings
 
         backend = VLLMBackend(
@@ -120,6 +121,32 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
     )
 
 
+def pick_backend(backend: str, device: str = "auto", api_base: str | None = None) -> str:
+    """`auto`: a server when `--api-base` names one; else vLLM on a CUDA GPU where it is
+    installed (its continuous batching and paged attention beat proxkit's decode loop on
+    GPUs); else transformers. On CPU transformers is picked even beside vLLM's CPU build:
+    measured on 2 cores (bench/bench_engines.py, README), vLLM's engine start-up costs more
+    than its faster decoding saves on a run of this size."""
+    if backend != "auto":
+        return backend
+    if api_base:
+        return "openai"
+    if device == "cpu":
+        return "transformers"
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    import torch
+
+    if torch.cuda.is_available():
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cuda():
+            return "vllm"
+    return "transformers"
+
+
 def _looks_like_model(spec: str) -> bool:
     from pathlib import Path
 
@@ -138,4 +165,5 @@ __all__ = [
     "make_model_programmer",
     "make_programmer",
     "needs_model",
+    "pick_backend",
 ]

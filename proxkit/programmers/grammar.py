@@ -294,14 +294,22 @@ def advance(grammar: ProgramGrammar, state: State, token: int, trie: TokenTrie) 
 
 def allowed_tokens(grammar: ProgramGrammar, state: State, trie: TokenTrie) -> list[int]:
     """Token ids that keep the output a valid program prefix from `state`."""
+    free, walked = _allowed_parts(grammar, state, trie)
+    return (list(trie.free) if free else []) + walked
+
+
+def _allowed_parts(
+    grammar: ProgramGrammar, state: State, trie: TokenTrie
+) -> tuple[bool, list[int]]:
+    """(whether every plain-text token is allowed, the other allowed tokens): in a normalize
+    target any plain text continues it, and only tokens holding a quote need the walk."""
     allowed: list[int] = []
     chars = grammar.next_chars(state)
-    if chars is None:
-        # A normalize target: any plain text continues it; tokens holding a quote are walked.
-        allowed.extend(trie.free)
+    free = chars is None
+    if free:
         chars = '"'
     children = trie.root.children
-    stack = [(children[c], grammar._step(state, c)) for c in chars if c in children]
+    stack = [(children[c], grammar._step(state, c)) for c in chars if c in children]  # type: ignore[union-attr]
     while stack:
         node, after = stack.pop()
         if after is None:
@@ -316,7 +324,7 @@ def allowed_tokens(grammar: ProgramGrammar, state: State, trie: TokenTrie) -> li
                 for c in next_chars
                 if c in node.children
             )
-    return allowed
+    return free, allowed
 
 
 class Steering:
@@ -331,6 +339,7 @@ class Steering:
         self.eos_id = eos_id
         self.cache_entries = cache_entries
         self.allowed: dict[tuple[ProgramGrammar, State], Any] = {}
+        self.free: dict[Any, Any] = {}
         self.corrected = 0  # steps where the model's own choice was refused
 
     def after(self, grammar: ProgramGrammar, state: State | None, token: int) -> State | None:
@@ -350,16 +359,36 @@ class Steering:
         key = (grammar, state)
         allowed = self.allowed.get(key)
         if allowed is None:
-            ids = allowed_tokens(grammar, state, self.trie)
+            free, ids = _allowed_parts(grammar, state, self.trie)
             if grammar.accepts(state):
                 ids.append(self.eos_id)
-            allowed = torch.tensor(sorted(set(ids)) or [self.eos_id], device=row_logits.device)
+            if not free and not ids:
+                ids = [self.eos_id]
+            listed = torch.tensor(sorted(set(ids)), dtype=torch.long, device=row_logits.device)
+            allowed = (self._free(row_logits.device) if free else None, listed)
             if len(self.allowed) >= self.cache_entries:
                 self.allowed.clear()
             self.allowed[key] = allowed
-        if len(allowed) == 1:
-            return int(allowed[0])
-        return int(allowed[row_logits[allowed].argmax()])
+        best: tuple[float, int] | None = None
+        for candidates in allowed:
+            if candidates is None or not len(candidates):
+                continue
+            values = row_logits[candidates]
+            at = int(values.argmax())
+            value, token = float(values[at]), int(candidates[at])
+            if best is None or value > best[0] or (value == best[0] and token < best[1]):
+                best = (value, token)
+        return best[1]  # type: ignore[index]
+
+    def _free(self, device: Any) -> Any:
+        """The plain-text tokens as one index tensor, made once per device."""
+        import torch
+
+        if device not in self.free:
+            self.free[device] = torch.tensor(
+                sorted(self.trie.free), dtype=torch.long, device=device
+            )
+        return self.free[device]
 
 
 class GreedyRows:

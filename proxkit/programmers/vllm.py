@@ -40,7 +40,7 @@ class VLLMSettings:
     dtype: str = "auto"
     tensor_parallel: int = 1
     threads: int = 0  # CPU: cores for the engine; 0: all this process may use
-    kv_cache_gib: float = 4.0  # CPU: KV cache size (GPUs size it from free memory)
+    kv_cache_gib: int = 4  # CPU: KV cache size (GPUs size it from free memory)
     compile: bool | None = None  # None: vLLM's default (compiled, CUDA graphs on GPUs)
 
 
@@ -70,7 +70,7 @@ def _environment(settings: VLLMSettings, on_cpu: bool) -> None:
             cores = cores[: settings.threads]
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores_text(cores))
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
 
 
 def _on_cpu(device: str) -> bool:
@@ -99,6 +99,9 @@ class VLLMBackend:
         on_cpu = _on_cpu(settings.device)
         _environment(settings, on_cpu)
         try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name_or_path)
             self.tokenizer: TokenizerInfo = load_tokenizer(name_or_path)
         except Exception as exc:
             raise ModelNotFound(missing_model_message(name_or_path, exc)) from exc
@@ -129,28 +132,26 @@ class VLLMBackend:
                 seed=0,
                 **options,
             )
-        except (OSError, ValueError) as exc:
-            if not os.path.isdir(name_or_path) or "config" in str(exc).lower():
-                raise ModelNotFound(missing_model_message(name_or_path, exc)) from exc
-            raise EngineFailed(_engine_message(name_or_path, exc)) from exc
         except Exception as exc:
             raise EngineFailed(_engine_message(name_or_path, exc)) from exc
 
     def _run(self, prompts: Sequence[Prompt], params: Sequence[Any]) -> list[Any]:
         """vLLM's outputs in input order; a request vLLM refuses becomes a GenerationError
         in its slot (the batch is retried one by one to find it)."""
+        from vllm.exceptions import VLLMClientError
+
+        refused = (ValueError, VLLMClientError)
         requests = [{"prompt_token_ids": list(p.token_ids)} for p in prompts]
         self.counters["requests"] += len(requests)
         try:
             return self.llm.generate(requests, list(params), use_tqdm=False)
-        except ValueError:
-            if len(requests) == 1:
-                raise
+        except refused:
+            pass
         outputs: list[Any] = []
         for request, param in zip(requests, params):
             try:
                 outputs += self.llm.generate([request], [param], use_tqdm=False)
-            except ValueError as exc:
+            except refused as exc:
                 self.counters["refused_requests"] += 1
                 outputs.append(GenerationError(f"vLLM refused the request: {exc}"))
         return outputs
