@@ -29,7 +29,7 @@ from proxkit.pipeline.lock import OutputLocked
 from proxkit.pipeline.replicas import ReplicaFailed
 from proxkit.pipeline.run import OutputExists, RunPaths, resume_hint, run
 from proxkit.pipeline.units import ResumeRefused
-from proxkit.programmers import BackendCannot, UnknownProgrammer
+from proxkit.programmers import ProgrammerError
 from proxkit.programmers.hf import ModelNotFound
 from proxkit.synth.annotate import AnnotateConfig
 from proxkit.synth.sft import SFTConfig
@@ -58,13 +58,7 @@ ConfigFile = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 # What the user named and is not there: a file, a programmer, a model, a tokenizer.
-SETUP_ERRORS = (
-    FileNotFoundError,
-    UnknownProgrammer,
-    BackendCannot,
-    ModelNotFound,
-    TokenizerNotFound,
-)
+SETUP_ERRORS = (FileNotFoundError, ProgrammerError, ModelNotFound, TokenizerNotFound)
 
 
 def _alert(label: str, message: str) -> None:

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxkit.programmers.base import STAGES, BackendCannot, Programmer, Stage, Written
+from proxkit.programmers.base import (
+    STAGES,
+    BackendCannot,
+    Programmer,
+    ProgrammerError,
+    Stage,
+    Written,
+)
 
 if TYPE_CHECKING:
     from proxkit.config import RefineConfig
 
 
-class UnknownProgrammer(ValueError):
+class UnknownProgrammer(ProgrammerError):
     """A programmer spec that names no backend."""
 
 
@@ -159,6 +166,7 @@ __all__ = [
     "STAGES",
     "BackendCannot",
     "Programmer",
+    "ProgrammerError",
     "Stage",
     "UnknownProgrammer",
     "Written",

@@ -39,7 +39,11 @@ class Programmer(Protocol):
         ...
 
 
-class BackendCannot(ValueError):
+class ProgrammerError(ValueError):
+    """A programmer that cannot be made as configured: refused at start-up."""
+
+
+class BackendCannot(ProgrammerError):
     """A programmer or backend that cannot do what the configuration asks (say, keep
     generation inside the grammar): refused when it is made, never silently ignored."""
 
