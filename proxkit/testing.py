@@ -26,13 +26,15 @@ SMALL = dict(
     num_attention_heads=4,
     num_key_value_heads=1,
 )
-TINY = dict(  # heads of 32 dimensions: the smallest vLLM's CPU attention takes
+TINY = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
-    num_attention_heads=2,
+    num_attention_heads=4,
     num_key_value_heads=1,
 )
+# TINY with heads of 32 dimensions, the smallest vLLM's CPU attention takes.
+TINY_VLLM = {**TINY, "num_attention_heads": 2}
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -36,6 +36,17 @@ ENGINE_FLAGS = ["--backend", "vllm", "--dtype", "float32", "--no-compile", "--kv
 
 
 @pytest.fixture(scope="module")
+def refiner(tmp_path_factory, llama2_dir) -> Path:
+    """The tests' tiny refiner for both stages, with heads vLLM's CPU attention takes."""
+    from proxkit.testing import TINY_VLLM
+
+    from tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("vllm_refiner")
+    return build_tiny_model(folder, llama2_dir, steps=200, chunk_level=True, shape=TINY_VLLM)
+
+
+@pytest.fixture(scope="module")
 def engines(refiner):
     vllm = VLLMBackend(str(refiner), SETTINGS)
     yield vllm, TransformersBackend(str(refiner), HFSettings(dtype="float32"))
