@@ -76,6 +76,32 @@ def test_the_grammar_ends_programs_where_a_trained_model_would():
     assert CHUNK.feed(state, "r") is None and CHUNK.feed(state, "n") is not None
 
 
+def test_cuts_are_anchored_to_one_line_and_unique_there():
+    assert accepts(CHUNK, 'remove_str(line=10, del_str=" | Docs")')
+    assert accepts(
+        CHUNK,
+        'remove_str(line=11, del_str="quick ")\nremove_str(line=11, del_str=" fox")\n'
+        "remove_lines(line_start=12, line_end=12)",
+    )
+    for bad in (
+        'remove_str(line=11, del_str="Home")',  # not in that line
+        'remove_str(line=13, del_str="Home")',  # past the chunk
+        'remove_str(line=10, del_str="o")',  # twice in the line: the executor would refuse
+        'remove_str(line=10, del_str="")',
+        'remove_str(line=11, del_str="fox")\nremove_str(line=11, del_str="fox")',  # again
+        'remove_lines(line_start=11, line_end=11)\nremove_str(line=10, del_str="Home")',
+    ):
+        assert not accepts(CHUNK, bad), bad
+
+
+def test_deletion_only_normalizes_to_nothing():
+    deleting = ProgramGrammar("chunk", 10, 12, TEXT, deletion_only=True)
+    assert accepts(deleting, 'normalize(source_str="Copyright 2024", target_str="")')
+    assert accepts(deleting, 'remove_str(line=12, del_str=" 2024")')
+    assert not accepts(deleting, 'normalize(source_str="|", target_str="-")')
+    assert accepts(CHUNK, 'normalize(source_str="|", target_str="-")')
+
+
 substrings = st.integers(0, len(TEXT) - 1).flatmap(
     lambda i: st.integers(i + 1, len(TEXT)).map(lambda j: TEXT[i:j])
 )

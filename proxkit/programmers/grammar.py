@@ -3,17 +3,20 @@
 `ProgramGrammar` is a character-level automaton for one model call:
 - doc level: `keep_doc()` or `drop_doc()`;
 - chunk level: `keep_doc()` alone, or lines of `remove_lines(line_start=S, line_end=E)` with
-  first_line <= S <= E <= last_line of the chunk, and `normalize(source_str="..",
-  target_str="..")` whose source occurs in the chunk (strings hold no quote, backslash or
-  newline, so the strict and reference parsers read them alike);
+  first_line <= S <= E <= last_line of the chunk, `remove_str(line=N, del_str="..")` whose
+  string occurs exactly once in line N of the chunk (the line-anchored cut), and
+  `normalize(source_str="..", target_str="..")` whose source occurs in the chunk, with an
+  empty target under `--deletion-only` (strings hold no quote, backslash or newline, so the
+  strict and reference parsers read them alike);
 and the end of generation only after a complete line. An optional leading space is allowed,
 as chat models answer after one, and trailing spaces, as the Llama-2 chat format ends an answer
 with " </s>".
 
 The grammar also ends a program where a trained refining model ends it, so that an undertrained
 or confused model cannot spend the whole token budget repeating itself: nothing follows
-`keep_doc()`, line ranges come in document order without overlapping (each starts after the
-previous one ended), and a normalize source is written at most once. Each of these removes only
+`keep_doc()`, line ranges and cuts come in document order (a range starts after the previous
+range ended, and at or after the line of the previous cut), and a normalize source or a cut
+is written at most once. Each of these removes only
 programs that do the same as a shorter one.
 
 Decoding under the grammar is greedy, so it needs no full token mask at each step
@@ -32,11 +35,14 @@ have steered it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="')
+HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="', "remove_str(line=")
+CUT_MIDDLE = ', del_str="'
+TARGET = '", target_str="'
 DOC_ANSWERS = ("keep_doc()", "drop_doc()")
 FORBIDDEN_IN_STRINGS = frozenset('"\\\n')
 DIGITS = "0123456789"  # line numbers: ASCII digits only (str.isdigit also takes "²")
@@ -44,15 +50,16 @@ DIGITS = "0123456789"  # line numbers: ASCII digits only (str.isdigit also takes
 
 class State(NamedTuple):
     """Where the automaton is: `kind` of token being written and its `text` so far, the range
-    start being closed (`number`), and what the lines before constrain: the first line a new
-    range may start at (`floor`, -1 once the program is `keep_doc()`), the normalize sources
-    already used, and whether any line was written (`keep_doc()` must stand alone)."""
+    start being closed or the line being cut (`number`), and what the lines before constrain:
+    the first line a new range or cut may start at (`floor`), the normalize sources and the
+    cuts (line, string) already written, and whether any line was written (`keep_doc()` must
+    stand alone)."""
 
     kind: str
     text: str = ""
     number: int = 0
     floor: int = 0
-    used: frozenset[str] = frozenset()
+    used: frozenset[str | tuple[int, str]] = frozenset()
     written: bool = False
 
 
@@ -62,6 +69,12 @@ class ProgramGrammar:
     first_line: int = 0
     last_line: int = 0
     text: str = ""  # the chunk's own text, where normalize sources must occur
+    deletion_only: bool = False  # normalize only to an empty target (--deletion-only)
+
+    @functools.cached_property
+    def lines(self) -> list[str]:
+        """The chunk's lines, where `remove_str` strings must occur (line first_line first)."""
+        return self.text.split("\n")
 
     def start(self) -> State:
         return State("start", floor=self.first_line)
@@ -93,14 +106,20 @@ class ProgramGrammar:
                     if h.startswith(text) and len(h) > len(text)
                 }
             )
-        if kind == "start_num":
+        if kind in ("start_num", "cut_num"):
             return DIGITS + ("," if text else "")
         if kind == "end_num":
             return DIGITS + (")" if text else "")
         if kind == "mid":
             return ", line_end="[len(text)]
         if kind == "between":
-            return '", target_str="'[len(text)]
+            return TARGET[len(text)]
+        if kind == "cut_mid":
+            return CUT_MIDDLE[len(text)]
+        if kind == "cut_text":
+            return self._cut_next(state)
+        if kind == "target" and self.deletion_only:
+            return '"'
         if kind == "close":
             return ")"
         if kind == "end":
@@ -111,21 +130,21 @@ class ProgramGrammar:
             return self._source_next(state)
         return None  # a normalize target: any character but the forbidden ones
 
+    def _cut_next(self, state: State) -> str:
+        """What can follow a cut's string so far: the characters after its occurrences in its
+        line, and the closing quote once it occurs there exactly once and is a new cut."""
+        line = self.lines[state.number - self.first_line]
+        chars = set(_following(state.text, line)) - FORBIDDEN_IN_STRINGS
+        cut = (state.number, state.text)
+        if state.text and cut not in state.used and unique_in(state.text, line) is not None:
+            chars.add('"')
+        return "".join(chars)
+
     def _source_next(self, state: State) -> str:
         """What can follow a normalize source so far: the characters after its occurrences in
         the chunk, and the closing quote once it is a new, non-empty source."""
-        source, text = state.text, self.text
-        if not source:
-            chars = set(text)
-        else:
-            chars = set()
-            at = text.find(source)
-            while at != -1:
-                after = at + len(source)
-                if after < len(text):
-                    chars.add(text[after])
-                at = text.find(source, at + 1)
-        chars -= FORBIDDEN_IN_STRINGS
+        source = state.text
+        chars = set(_following(source, self.text)) - FORBIDDEN_IN_STRINGS
         if source and source not in state.used:
             chars.add('"')
         return "".join(chars)
@@ -135,7 +154,7 @@ class ProgramGrammar:
             return DOC_ANSWERS
         heads = [] if state.written else ["keep_doc()"]
         if state.floor <= self.last_line:
-            heads.append(HEADS[1])
+            heads += [HEADS[1], HEADS[3]]
         heads.append(HEADS[2])
         return tuple(heads)
 
@@ -166,7 +185,7 @@ class ProgramGrammar:
                 if head == prefix:
                     if head in DOC_ANSWERS:  # keep_doc() / drop_doc(): the whole program
                         return state._replace(kind="final", text="")
-                    kind = "start_num" if head == HEADS[1] else "source"
+                    kind = {HEADS[1]: "start_num", HEADS[2]: "source"}.get(head, "cut_num")
                     return state._replace(kind=kind, text="")
                 if head.startswith(prefix):
                     return state._replace(text=prefix)
@@ -183,6 +202,29 @@ class ProgramGrammar:
             if prefix == ", line_end=":
                 return state._replace(kind="end_num", text="")
             return state._replace(text=prefix) if ", line_end=".startswith(prefix) else None
+        if kind == "cut_num":
+            digits = state.text + char
+            if char in DIGITS and self._number_ok(digits, state.floor):
+                return state._replace(text=digits)
+            if char == "," and state.text and int(state.text) >= state.floor:
+                return state._replace(kind="cut_mid", text=",", number=int(state.text))
+            return None
+        if kind == "cut_mid":
+            prefix = state.text + char
+            if prefix == CUT_MIDDLE:
+                return state._replace(kind="cut_text", text="")
+            return state._replace(text=prefix) if CUT_MIDDLE.startswith(prefix) else None
+        if kind == "cut_text":
+            line = self.lines[state.number - self.first_line]
+            if char == '"':
+                cut = (state.number, state.text)
+                if not state.text or cut in state.used or unique_in(state.text, line) is None:
+                    return None
+                return State("close", '"', floor=state.number, used=state.used | {cut})
+            if char in FORBIDDEN_IN_STRINGS:
+                return None
+            cut = state.text + char
+            return state._replace(text=cut) if cut in line else None
         if kind == "end_num":
             digits = state.text + char
             if char in DIGITS and self._number_ok(digits, state.number):
@@ -201,13 +243,15 @@ class ProgramGrammar:
             return state._replace(text=source) if source in self.text else None
         if kind == "between":
             prefix = state.text + char
-            if prefix == '", target_str="':
+            if prefix == TARGET:
                 return state._replace(kind="target", text="")
-            return state._replace(text=prefix) if '", target_str="'.startswith(prefix) else None
+            return state._replace(text=prefix) if TARGET.startswith(prefix) else None
         if kind == "target":
             if char == '"':
                 return state._replace(kind="close", text='"')
-            return None if char in FORBIDDEN_IN_STRINGS else state._replace(text=state.text + char)
+            if char in FORBIDDEN_IN_STRINGS or self.deletion_only:
+                return None
+            return state._replace(text=state.text + char)
         if kind == "close":
             return state._replace(kind="end", text="", written=True) if char == ")" else None
         if kind in ("end", "final", "trail") and char == " ":
@@ -215,6 +259,28 @@ class ProgramGrammar:
         if kind == "end" and char == "\n":
             return state._replace(kind="head", text="")
         return None  # nothing but spaces may follow keep_doc() / drop_doc()
+
+
+def _following(piece: str, text: str) -> Iterator[str]:
+    """The characters that follow `piece`'s occurrences in `text` (every one for "")."""
+    if not piece:
+        yield from text
+        return
+    at = text.find(piece)
+    while at != -1:
+        after = at + len(piece)
+        if after < len(text):
+            yield text[after]
+        at = text.find(piece, at + 1)
+
+
+def unique_in(piece: str, line: str) -> int | None:
+    """Where `piece` occurs in `line` when it occurs exactly once (overlaps count), else None:
+    the condition under which the executor applies `remove_str`."""
+    first = line.find(piece)
+    if first < 0 or line.find(piece, first + 1) >= 0:
+        return None
+    return first
 
 
 def complete_lines(grammar: ProgramGrammar, output: str) -> str:
