@@ -19,13 +19,17 @@ TEXT = (
 )
 
 
+@pytest.mark.parametrize("backend", ["transformers", "vllm", "openai"])
+def test_every_model_backend_gives_the_band_its_keep_scores(backend):
+    check_score_band(RefineConfig.from_dict({"chunk_score_range": "0.5,0.9", "backend": backend}))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"doc_programmer": "rules"}, "needs doc-level keep scores"),
         ({"doc_programmer": "datatrove"}, "needs doc-level keep scores"),
         ({"doc_scoring": "generate"}, "doc scoring generate"),
-        ({"backend": "openai"}, "backend openai"),
         ({"stages": ("chunk",)}, "run both stages"),
     ],
 )

@@ -296,9 +296,9 @@ def uses_models(config: RefineConfig) -> bool:
 
 
 def check_score_band(config: RefineConfig) -> None:
-    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which only a
-    model doc programmer scoring in one pass gives (transformers or vLLM), or stored programs
-    written by one, and both stages."""
+    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which a model
+    doc programmer scoring in one pass gives (every backend does, or is refused at start-up),
+    or stored programs written by one, and both stages."""
     from proxkit.config import ConfigError
     from proxkit.programmers import needs_model
 
@@ -307,13 +307,13 @@ def check_score_band(config: RefineConfig) -> None:
     if set(config.stages) != {"doc", "chunk"}:
         raise ConfigError("chunk_score_range gates the chunk stage on doc scores: run both stages")
     spec = config.doc_programmer
-    scored = needs_model(spec) and config.doc_scoring == "forward" and config.backend != "openai"
+    scored = needs_model(spec) and config.doc_scoring == "forward"
     if not (scored or spec == "stored"):
         raise ConfigError(
             f"chunk_score_range needs doc-level keep scores, and this doc programmer ({spec}, "
             f"backend {config.backend}, doc scoring {config.doc_scoring}) gives none: they come "
-            "from a model doc programmer scoring in one pass (--doc-scoring forward, backend "
-            "transformers or vllm), or from stored programs written by one"
+            "from a model doc programmer scoring in one pass (--doc-scoring forward), or from "
+            "stored programs written by one"
         )
 
 

@@ -125,6 +125,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
         doc_max_new_tokens=config.doc_max_new_tokens,
         chunk_max_new_tokens=config.chunk_max_new_tokens,
         constrained=config.constrained,
+        deletion_only=config.deletion_only,
     )
 
 

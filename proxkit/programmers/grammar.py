@@ -5,9 +5,10 @@
 - chunk level: `keep_doc()` alone, or lines of `remove_lines(line_start=S, line_end=E)` with
   first_line <= S <= E <= last_line of the chunk, `remove_str(line=N, del_str="..")` whose
   string occurs exactly once in line N of the chunk (the line-anchored cut), and
-  `normalize(source_str="..", target_str="..")` whose source occurs in the chunk, with an
-  empty target under `--deletion-only` (strings hold no quote, backslash or newline, so the
-  strict and reference parsers read them alike);
+  `normalize(source_str="..", target_str="..")` whose source occurs in the chunk, with a
+  target that is its source with characters left out under `--deletion-only` (normalize
+  strings hold no quote, backslash or newline, so the strict and reference parsers read them
+  alike; a cut's string writes a quote or backslash of its line escaped, as `ast` reads it);
 and the end of generation only after a complete line. An optional leading space is allowed,
 as chat models answer after one, and trailing spaces, as the Llama-2 chat format ends an answer
 with " </s>".
@@ -40,11 +41,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from proxkit.program.ops import unique_position
+
 HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="', "remove_str(line=")
 CUT_MIDDLE = ', del_str="'
 TARGET = '", target_str="'
 DOC_ANSWERS = ("keep_doc()", "drop_doc()")
 FORBIDDEN_IN_STRINGS = frozenset('"\\\n')
+ESCAPED = frozenset('"\\')  # written escaped (\\" and \\\\) in a cut's string
 DIGITS = "0123456789"  # line numbers: ASCII digits only (str.isdigit also takes "²")
 
 
@@ -61,6 +65,7 @@ class State(NamedTuple):
     floor: int = 0
     used: frozenset[str | tuple[int, str]] = frozenset()
     written: bool = False
+    source: str = ""  # the normalize source whose target is being written
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class ProgramGrammar:
     first_line: int = 0
     last_line: int = 0
     text: str = ""  # the chunk's own text, where normalize sources must occur
-    deletion_only: bool = False  # normalize only to an empty target (--deletion-only)
+    deletion_only: bool = False  # --deletion-only: a normalize target only drops characters
 
     @functools.cached_property
     def lines(self) -> list[str]:
@@ -116,10 +121,10 @@ class ProgramGrammar:
             return TARGET[len(text)]
         if kind == "cut_mid":
             return CUT_MIDDLE[len(text)]
-        if kind == "cut_text":
+        if kind in ("cut_text", "cut_escape"):
             return self._cut_next(state)
         if kind == "target" and self.deletion_only:
-            return '"'
+            return '"' + "".join(set(state.source[_embedded(state) :]) - FORBIDDEN_IN_STRINGS)
         if kind == "close":
             return ")"
         if kind == "end":
@@ -132,11 +137,16 @@ class ProgramGrammar:
 
     def _cut_next(self, state: State) -> str:
         """What can follow a cut's string so far: the characters after its occurrences in its
-        line, and the closing quote once it occurs there exactly once and is a new cut."""
+        line (a quote or backslash escaped), and the closing quote once it occurs there
+        exactly once and is a new cut."""
         line = self.lines[state.number - self.first_line]
-        chars = set(_following(state.text, line)) - FORBIDDEN_IN_STRINGS
+        chars = set(_following(state.text, line)) - {"\n"}
+        if state.kind == "cut_escape":
+            return "".join(chars & ESCAPED)
+        if chars & ESCAPED:
+            chars = (chars - ESCAPED) | {"\\"}
         cut = (state.number, state.text)
-        if state.text and cut not in state.used and unique_in(state.text, line) is not None:
+        if state.text and cut not in state.used and unique_position(state.text, line) is not None:
             chars.add('"')
         return "".join(chars)
 
@@ -214,17 +224,19 @@ class ProgramGrammar:
             if prefix == CUT_MIDDLE:
                 return state._replace(kind="cut_text", text="")
             return state._replace(text=prefix) if CUT_MIDDLE.startswith(prefix) else None
-        if kind == "cut_text":
+        if kind in ("cut_text", "cut_escape"):
             line = self.lines[state.number - self.first_line]
-            if char == '"':
+            if kind == "cut_text" and char == "\\":  # a quote or backslash of the line follows
+                return state._replace(kind="cut_escape")
+            if kind == "cut_text" and char == '"':
                 cut = (state.number, state.text)
-                if not state.text or cut in state.used or unique_in(state.text, line) is None:
+                if not state.text or cut in state.used or unique_position(state.text, line) is None:
                     return None
                 return State("close", '"', floor=state.number, used=state.used | {cut})
-            if char in FORBIDDEN_IN_STRINGS:
+            if (char in ESCAPED) != (kind == "cut_escape") or char == "\n":
                 return None
             cut = state.text + char
-            return state._replace(text=cut) if cut in line else None
+            return state._replace(kind="cut_text", text=cut) if cut in line else None
         if kind == "end_num":
             digits = state.text + char
             if char in DIGITS and self._number_ok(digits, state.number):
@@ -236,7 +248,8 @@ class ProgramGrammar:
             if char == '"':
                 if not state.text or state.text in state.used:
                     return None
-                return state._replace(kind="between", text='"', used=state.used | {state.text})
+                used = state.used | {state.text}
+                return state._replace(kind="between", text='"', used=used, source=state.text)
             if char in FORBIDDEN_IN_STRINGS:
                 return None
             source = state.text + char
@@ -248,9 +261,11 @@ class ProgramGrammar:
             return state._replace(text=prefix) if TARGET.startswith(prefix) else None
         if kind == "target":
             if char == '"':
-                return state._replace(kind="close", text='"')
-            if char in FORBIDDEN_IN_STRINGS or self.deletion_only:
+                return state._replace(kind="close", text='"', source="")
+            if char in FORBIDDEN_IN_STRINGS:
                 return None
+            if self.deletion_only and char not in state.source[_embedded(state) :]:
+                return None  # the target must stay its source with characters left out
             return state._replace(text=state.text + char)
         if kind == "close":
             return state._replace(kind="end", text="", written=True) if char == ")" else None
@@ -259,6 +274,15 @@ class ProgramGrammar:
         if kind == "end" and char == "\n":
             return state._replace(kind="head", text="")
         return None  # nothing but spaces may follow keep_doc() / drop_doc()
+
+
+def _embedded(state: State) -> int:
+    """Where the leftmost embedding of a normalize target in its source ends: a character
+    found in the source from there on keeps the target a subsequence of it."""
+    position = 0
+    for char in state.text:
+        position = state.source.index(char, position) + 1
+    return position
 
 
 def _following(piece: str, text: str) -> Iterator[str]:
@@ -272,15 +296,6 @@ def _following(piece: str, text: str) -> Iterator[str]:
         if after < len(text):
             yield text[after]
         at = text.find(piece, at + 1)
-
-
-def unique_in(piece: str, line: str) -> int | None:
-    """Where `piece` occurs in `line` when it occurs exactly once (overlaps count), else None:
-    the condition under which the executor applies `remove_str`."""
-    first = line.find(piece)
-    if first < 0 or line.find(piece, first + 1) >= 0:
-        return None
-    return first
 
 
 def complete_lines(grammar: ProgramGrammar, output: str) -> str:

@@ -187,6 +187,7 @@ class LMProgrammer:
         chunk_max_new_tokens: int = 256,
         cache_entries: int = 100_000,
         constrained: bool = True,
+        deletion_only: bool = False,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -201,6 +202,7 @@ class LMProgrammer:
         self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
         self.work = {stage: ModelWork() for stage in STAGES}
         self.constrained = constrained
+        self.deletion_only = deletion_only  # the grammar then allows deletions only
         if constrained and not getattr(backend, "supports_grammars", False):
             raise BackendCannot(
                 f"--constrained: the backend of {backend.name!r} cannot keep generation inside "
@@ -345,7 +347,10 @@ class LMProgrammer:
         per_document = self.chunker([d.text for d in documents])
         flat = [chunk for chunks in per_document for chunk in chunks]
         grammars = [
-            ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in flat
+            ProgramGrammar(
+                "chunk", c.first_line, c.last_line, chunk_content(c.text), self.deletion_only
+            )
+            for c in flat
         ]
         prompts = chunk_prompts(flat, self.tokenizer)
         pending = self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars)

@@ -30,17 +30,27 @@ ARGUMENT = "prox_grammar"
 
 def to_args(grammar: ProgramGrammar) -> dict[str, Any]:
     """The request arguments that put `grammar` on a request."""
-    return {ARGUMENT: [grammar.stage, grammar.first_line, grammar.last_line, grammar.text]}
+    return {
+        ARGUMENT: [
+            grammar.stage,
+            grammar.first_line,
+            grammar.last_line,
+            grammar.text,
+            int(grammar.deletion_only),
+        ]
+    }
 
 
 def from_args(extra_args: dict[str, Any] | None) -> ProgramGrammar | None:
     value = (extra_args or {}).get(ARGUMENT)
     if value is None:
         return None
-    if not (isinstance(value, list) and len(value) == 4 and value[0] in ("doc", "chunk")):
-        raise ValueError(f"{ARGUMENT} must be [stage, first_line, last_line, text], got {value!r}")
-    stage, first, last, text = value
-    return ProgramGrammar(stage, int(first), int(last), str(text))
+    if not (isinstance(value, list) and len(value) == 5 and value[0] in ("doc", "chunk")):
+        raise ValueError(
+            f"{ARGUMENT} must be [stage, first_line, last_line, text, deletion_only], got {value!r}"
+        )
+    stage, first, last, text, deletion_only = value
+    return ProgramGrammar(stage, int(first), int(last), str(text), bool(deletion_only))
 
 
 @dataclass
