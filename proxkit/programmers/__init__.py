@@ -93,7 +93,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 tensor_parallel=config.tensor_parallel,
                 threads=config.threads,
                 kv_cache_gib=config.kv_cache_gib,
-                compile=bool(config.compile_model),
+                compile=config.compile_model,
             ),
         )
     else:
@@ -112,7 +112,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 batch_tokens=config.batch_tokens,
                 max_batch_size=config.max_batch_size,
                 threads=config.threads,
-                compile=config.compile_model,
+                compile=bool(config.compile_model),
             ),
         )
     scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)

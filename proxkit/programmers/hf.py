@@ -156,15 +156,20 @@ class TransformersBackend:
         written: list[list[int]] = [[] for _ in prompts]
         active = list(range(len(prompts)))  # batch row -> prompt
         ended = 0  # rows of the batch that ended but still take part in its steps
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids,
+
+        def forward(input_ids: Any) -> Any:
+            """Next-token logits after `input_ids`, given the cache, mask and positions."""
+            return self.model(
+                input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1]
+
+        with torch.inference_mode():
+            logits = forward(ids)
             positions = positions[:, -1:]
             running = list(range(len(active)))  # batch rows still writing
             for _ in range(max_new_tokens):
@@ -196,13 +201,7 @@ class TransformersBackend:
                     self.counters["compactions"] += 1
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 positions = positions + 1
-                logits = self.model(
-                    input_ids=next_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                ).logits[:, -1]
+                logits = forward(next_ids)
         return written
 
     def _steering(self) -> Steering:
