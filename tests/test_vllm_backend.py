@@ -28,7 +28,8 @@ from proxkit.programmers.vllm import VLLMBackend, VLLMSettings, cores_text
 from conftest import write_jsonl
 from tiny_model import make_documents
 
-pytestmark = pytest.mark.slow
+# One worker runs every vLLM test: an engine per module, and no two engines at once on the cores.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]
 # Tests start engines without compiling (start-up in seconds, not a minute) and with a small
 # KV cache; the compiled engine is measured by bench/bench_engines.py.
 SETTINGS = VLLMSettings(dtype="float32", compile=False, kv_cache_gib=1)
@@ -36,20 +37,9 @@ ENGINE_FLAGS = ["--backend", "vllm", "--dtype", "float32", "--no-compile", "--kv
 
 
 @pytest.fixture(scope="module")
-def refiner(tmp_path_factory, llama2_dir) -> Path:
-    """The tests' tiny refiner for both stages, with heads vLLM's CPU attention takes."""
-    from proxkit.testing import TINY_VLLM
-
-    from tiny_model import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("vllm_refiner")
-    return build_tiny_model(folder, llama2_dir, steps=200, chunk_level=True, shape=TINY_VLLM)
-
-
-@pytest.fixture(scope="module")
-def engines(refiner):
-    vllm = VLLMBackend(str(refiner), SETTINGS)
-    yield vllm, TransformersBackend(str(refiner), HFSettings(dtype="float32"))
+def engines(vllm_refiner):
+    vllm = VLLMBackend(str(vllm_refiner), SETTINGS)
+    yield vllm, TransformersBackend(str(vllm_refiner), HFSettings(dtype="float32"))
     vllm.close()
 
 
@@ -149,7 +139,8 @@ def shard_bytes(output: Path) -> dict[str, bytes]:
     return {p.name: gzip.decompress(p.read_bytes()) for p in sorted(output.glob("part-*"))}
 
 
-def test_refine_runs_one_engine_two_replicas_and_resumes_after_a_kill(refiner, tmp_path):
+def test_refine_runs_one_engine_two_replicas_and_resumes_after_a_kill(vllm_refiner, tmp_path):
+    refiner = vllm_refiner
     hf = refine(tmp_path, refiner, "transformers", "--dtype", "float32")
     finished(hf)
     one = refine(tmp_path, refiner, "vllm", *ENGINE_FLAGS)
