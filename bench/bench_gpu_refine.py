@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import threading
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_lm import matmul_peak
-from benchlib import LLAMA2, distinct_copies, example_records, print_table, train_rule_refiner
+from benchlib import LLAMA2, build_corpus, print_table, train_rule_refiner
 from benchlib import write_json as save_json
 
 PAPER_A100_HOURS, PAPER_TOKENS, PAPER_PARAMETERS = 192, 60e9, 0.7e9
@@ -98,24 +97,6 @@ class Utilization:
         self.stop.set()
         self.thread.join()
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
-
-
-def build_corpus(path: Path, raw_tokens: int, tokenizer) -> tuple[int, int]:
-    """Distinct copies of the example corpus, cut at `raw_tokens`: (documents, raw tokens)."""
-    base = example_records()
-    lengths = [
-        len(e)
-        for e in tokenizer.encode_batch_fast([r["text"] for r in base], add_special_tokens=False)
-    ]
-    records = distinct_copies(base, max(1, math.ceil(raw_tokens / sum(lengths))))
-    written = counted = 0
-    with path.open("w", encoding="utf-8") as out:
-        for record, length in zip(records, lengths * len(records)):
-            if counted >= raw_tokens:
-                break
-            out.write(json.dumps(record) + "\n")
-            written, counted = written + 1, counted + length  # copies differ by a few tokens
-    return written, counted
 
 
 def teacher_profile(sft: Path) -> dict[str, Any]:
