@@ -121,7 +121,7 @@ class WordTokens:
         """The ids of each word (a piece of normalized text), from the cache or the model."""
         assert self.bare is not None
         cache = self.cache
-        missing = [w for w in dict.fromkeys(words) if w not in cache]
+        missing = list(dict.fromkeys(w for w in words if w not in cache))
         if missing and len(cache) + len(missing) > self.cache_entries:
             cache.clear()
             missing = list(dict.fromkeys(words))
@@ -129,7 +129,7 @@ class WordTokens:
             encodings = self.bare.encode_batch_fast(missing, add_special_tokens=False)
             for word, encoding in zip(missing, encodings):
                 cache[word] = tuple(encoding.ids)
-        return [cache[w] for w in words]
+        return list(map(cache.__getitem__, words))
 
     def ids(self, text: str) -> list[int]:
         """The ids of already normalized text (no special-token text)."""

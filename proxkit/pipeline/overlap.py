@@ -14,9 +14,9 @@ last, happen while the model works. Prompt building runs in processes because in
 would hold the interpreter lock the model's thread needs to launch its work (measured in
 `bench/bench_model_path.py`); the workers build the chunk inputs of every document of a batch
 before the doc stage has dropped any, which costs spare cores, not the model's time. Without
-workers (and on a CPU, where the model uses the cores) the starter builds them itself. A
-batch whose inputs fail to build is built again by the starter, so its errors are handled
-document by document as without workers. Results come out in input order, batch for batch the
+workers (and on a CPU, where the model uses the cores) the starter builds them itself. If a
+worker fails, the starter builds that batch and every later one itself (said once), so errors
+are handled document by document as without workers. Results come out in input order, batch for batch the
 same as a run without overlap, so resume and exactly-once output are unchanged.
 """
 
@@ -98,18 +98,20 @@ def overlapped(
     processes) and starting done ahead."""
     build = processor.prompt_builder() if workers else None
     pool = worker_pool(workers) if build is not None else None
+    failed = threading.Event()  # a worker failed: the model's process builds from then on
 
     def read_all() -> Iterator[tuple[list[Item], Future | None]]:
         for batch in batches:
             texts = [original_text(item) for item in batch if isinstance(item, Document)]
-            yield batch, pool.submit(build, texts) if pool is not None and texts else None
+            use = pool is not None and texts and not failed.is_set()
+            yield batch, pool.submit(build, texts) if use else None  # type: ignore[union-attr]
 
     read = ahead(read_all(), depth + workers, "prox-read")
 
     def start_all() -> Iterator:
         try:
             for batch, built in read:
-                yield processor.start(batch, _result(built))
+                yield processor.start(batch, _result(built, failed))
         finally:
             read.close()  # type: ignore[attr-defined]
 
@@ -127,16 +129,18 @@ def overlapped(
             stop_pool(pool, abort=not finished)
 
 
-def _result(built: Future | None) -> dict[str, list] | None:
-    """A batch's inputs from the prompt workers; None (the starter builds them) if they failed."""
-    if built is None:
+def _result(built: Future | None, failed: threading.Event) -> dict[str, list] | None:
+    """A batch's inputs from the prompt workers; None (the starter builds them) if they
+    failed, and after a first failure, said once, every later batch's too."""
+    if built is None or failed.is_set():
         return None
     try:
         return built.result()
     except Exception as exc:
+        failed.set()
         print(
             f"warning: prompt worker failed ({type(exc).__name__}: {exc}); "
-            "this batch's prompts are built in the model's process",
+            "prompts are built in the model's process from now on",
             file=sys.stderr,
         )
         return None
