@@ -53,6 +53,7 @@ import platform
 import sys
 import threading
 import time
+import traceback
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,29 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="a folder for the corpus, model and outputs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    results: dict[str, Any] = {"settings": vars(args) | {"json": str(args.json), "work": None}}
     started = time.perf_counter()
 
+    def save(phase: str) -> None:
+        results["phases_done"] = [*results.get("phases_done", []), phase]
+        results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        print(f"[{results['elapsed_seconds']:7.1f} s] {phase}", file=sys.stderr)
+
+    try:
+        check(args, results, save, started)
+    except Exception as exc:  # the JSON says where and why the check stopped
+        results["error"] = {"after": results.get("phases_done", [None])[-1], "error": repr(exc)}
+        results["error"]["traceback"] = traceback.format_exc().splitlines()[-12:]
+        save("failed")
+        raise SystemExit(f"error: {exc!r}") from exc
+    print_summary(results)
+
+
+def check(args: argparse.Namespace, results: dict[str, Any], save: Any, started: float) -> None:
+    """The phases of the module docstring, each saved as it ends."""
     import tempfile
 
     import torch
@@ -357,16 +379,6 @@ def main() -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     on_gpu = device.startswith("cuda")
     shape = {"0.3b": REFINING_LM_0_3B, "small": SMALL, "tiny": TINY}[args.shape]
-    results: dict[str, Any] = {"settings": vars(args) | {"json": str(args.json), "work": None}}
-
-    def save(phase: str) -> None:
-        results["phases_done"] = [*results.get("phases_done", []), phase]
-        results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2, default=str))
-        print(f"[{results['elapsed_seconds']:7.1f} s] {phase} done", file=sys.stderr)
-
     results["environment"] = environment(torch, device)
     save("environment")
     same_run = matmul_peak(torch, device, torch.bfloat16 if on_gpu else torch.float32) * 1e9
@@ -481,7 +493,6 @@ def main() -> None:
     if len(outputs) > 1:
         results["identical_programs"] = identical_programs(outputs)
         save("comparison")
-    print_summary(results)
 
 
 def _raw_tokens(corpus: Path, documents: int, tokenizer: Any) -> int:

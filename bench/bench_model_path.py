@@ -55,7 +55,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 from unittest import mock
 
-from benchlib import LLAMA2, build_corpus, per_chunk, print_table, write_json
+from benchlib import LLAMA2, build_corpus, example_records, per_chunk, print_table, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +164,12 @@ def teacher_backend(corpus: Path, tokenizer, settings: dict[str, Any], check: bo
     documents = [Document(r["id"], r["text"], r, "corpus", i) for i, r in enumerate(records)]
     rules = make_programmer("rules")
     texts = [d.text for d in documents]
+    # Doc decisions are the rules' on each page as shipped (copies differ in every line's end,
+    # which Gopher's rules would judge again), so the chunk stage carries a refiner's share.
+    base = [Document(r["id"], r["text"], r, "corpus", i) for i, r in enumerate(example_records())]
+    kept = {d.id: w.program == "keep_doc()" for d, w in zip(base, rules.write("doc", base))}
     prompts = doc_prompts(texts, tokenizer, settings["max_doc_tokens"])
-    keeps = {
-        p.text: w.program == "keep_doc()" for p, w in zip(prompts, rules.write("doc", documents))
-    }
+    keeps = {p.text: kept[d.id.split("#")[0]] for p, d in zip(prompts, documents)}
     chunker = Chunker(tokenizer.backend, settings["max_chunk_tokens"])
     eos_id = tokenizer.backend.token_to_id(tokenizer.eos_token)
     answers: dict[str, list[int]] = {}
@@ -350,6 +352,7 @@ def main() -> None:
                 max_doc_tokens=args.max_doc_tokens,
             )
 
+        fields = {f.name for f in dataclasses.fields(RefineConfig)}  # older proxkit: no workers
         for workers in args.prompt_workers:
             config = RefineConfig(
                 inputs=(str(corpus),),
@@ -360,7 +363,7 @@ def main() -> None:
                 max_chunk_tokens=args.max_chunk_tokens,
                 max_doc_tokens=args.max_doc_tokens,
                 output_format=args.output_format,
-                prompt_workers=workers,
+                **({"prompt_workers": workers} if "prompt_workers" in fields else {}),
             )
             model = programmer()
             wall, cpu, children = time.perf_counter(), time.process_time(), child_cpu_seconds()
