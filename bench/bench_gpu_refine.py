@@ -123,44 +123,66 @@ def covered(intervals: list[tuple[float, float]]) -> float:
 
 class KernelClock:
     """GPU busy from kernel time: after `delay` seconds, torch.profiler records CUDA kernels
-    and copies for `seconds`; busy = the union of their intervals over the window. CUPTI
-    records the device's activity whichever thread launched it."""
+    and copies for `seconds` (CUPTI records the device's activity whichever thread launched
+    it); once the run is over, busy = the union of their intervals over the window. The trace
+    is read only then, so the run measured does not pay for it."""
 
     def __init__(self, delay: float, seconds: float) -> None:
         self.delay, self.seconds = delay, seconds
-        self.result: dict[str, Any] = {}
+        self.profiler: Any = None
+        self.window = 0.0
+        self.error: str | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
     def _sample(self) -> None:
         if self.stop.wait(self.delay):
-            self.result = {"error": "the run ended before the sampling window"}
+            self.error = "the run ended before the sampling window"
             return
         try:
             from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-                start = time.perf_counter()
-                self.stop.wait(self.seconds)
-                window = time.perf_counter() - start
-            intervals = [
-                (e.time_range.start, e.time_range.end)
-                for e in profiler.events()
-                if e.device_type.name == "CUDA"
-            ]
-            self.result = {
-                "window_seconds": round(window, 3),
-                "kernels": len(intervals),
-                "gpu_busy_kernel_time": round(covered(intervals) / 1e6 / window, 4),
-            }
+            profiler = profile(activities=[ProfilerActivity.CUDA])
+            profiler.start()
+            start = time.perf_counter()
+            self.stop.wait(self.seconds)
+            profiler.stop()
+            self.window, self.profiler = time.perf_counter() - start, profiler
         except Exception as exc:  # a profiler that cannot start must not lose the run
-            self.result = {"error": f"{type(exc).__name__}: {exc}"}
+            self.error = f"{type(exc).__name__}: {exc}"
 
     def finish(self) -> dict[str, Any]:
         self.stop.set()
         self.thread.join()
-        return self.result
+        if self.profiler is None:
+            return {"error": self.error}
+        try:
+            intervals = device_intervals(self.profiler)
+        except Exception as exc:
+            return {"error": f"reading the trace: {type(exc).__name__}: {exc}"}
+        return {
+            "window_seconds": round(self.window, 3),
+            "kernels": len(intervals),
+            "gpu_busy_kernel_time": round(covered(intervals) / 1e6 / self.window, 4),
+        }
+
+
+def device_intervals(profiler: Any) -> list[tuple[float, float]]:
+    """(start, end) in microseconds of every CUDA activity the profiler recorded: from the raw
+    trace where this torch has it (fast), else from its parsed events."""
+    results = getattr(profiler.profiler, "kineto_results", None)
+    if results is not None and hasattr(results, "events"):
+        return [
+            (event.start_ns() / 1e3, event.end_ns() / 1e3)
+            for event in results.events()
+            if event.device_type().name == "CUDA"
+        ]
+    return [
+        (event.time_range.start, event.time_range.end)
+        for event in profiler.events()
+        if event.device_type.name == "CUDA"
+    ]
 
 
 class Utilization:
@@ -330,7 +352,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--generation", nargs="+", help="decode paths (default: all offered)")
     parser.add_argument("--warmup-docs", type=int, default=64)
-    parser.add_argument("--sample-seconds", type=float, default=5.0)
+    parser.add_argument("--sample-seconds", type=float, default=5.0, help="0: no kernel trace")
     parser.add_argument("--batch-size", type=int, default=512, help="documents per batch")
     parser.add_argument("--batch-tokens", type=int, default=0, help="0: from free memory")
     parser.add_argument("--max-batch-size", type=int, default=0, help="0: from free memory")
@@ -472,7 +494,8 @@ def check(args: argparse.Namespace, results: dict[str, Any], save: Any, started:
     for path in speeds:
         raw = _raw_tokens(work / "corpus.jsonl", limit, tokenizer.backend)
         expected = loads[path] + limit / speeds[path]
-        sampler = KernelClock(min(loads[path] + 10, expected / 3), args.sample_seconds) if on_gpu else None  # fmt: skip
+        sample = on_gpu and args.sample_seconds > 0
+        sampler = KernelClock(min(loads[path] + 10, expected / 3), args.sample_seconds) if sample else None  # fmt: skip
         nvml = Utilization(torch.cuda.current_device()) if on_gpu and _has("pynvml") else None
         start = time.perf_counter()
         try:
@@ -485,7 +508,9 @@ def check(args: argparse.Namespace, results: dict[str, Any], save: Any, started:
         summary = run_summary(stats, wall, raw, shape, peaks, parameters)
         summary["model_load_seconds"] = round(loads[path], 2)
         summary["raw_tokens_per_second_after_load"] = round(raw / max(wall - loads[path], 1e-3))
-        summary["kernel_time"] = sampler.finish() if sampler else {"error": "no CUDA device"}
+        summary["kernel_time"] = (
+            sampler.finish() if sampler else {"error": "no CUDA device" if not on_gpu else "off"}
+        )
         summary["gpu_utilization_nvml"] = nvml.mean() if nvml else None
         results["runs"][path] = summary
         outputs[path] = work / f"out-{path}"

@@ -17,7 +17,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "bench" / "gpu"))
 
-from bench_gpu_refine import covered, datasheet_peak
+from bench_gpu_refine import covered, datasheet_peak, device_intervals
 from prepare import TooLarge, folder_bytes, prepare
 
 
@@ -63,6 +63,17 @@ def test_datasheet_peaks_by_device_name_and_kernel_time_as_a_union():
     # overlapping kernels (two streams) count once, gaps not at all
     assert covered([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
     assert covered([]) == 0
+
+
+def test_the_kernel_trace_is_read_from_this_torchs_profiler():
+    torch = pytest.importorskip("torch")
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU])
+    profiler.start()
+    torch.randn(64, 64) @ torch.randn(64, 64)
+    profiler.stop()
+    assert device_intervals(profiler) == []  # CPU work only: no CUDA interval
 
 
 @pytest.mark.slow
