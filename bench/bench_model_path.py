@@ -12,9 +12,10 @@ else.
 
 1. Corpus: the example corpus (`examples/web_docs.jsonl.gz`) in distinct copies (no prompt
    repeats, so the program cache cannot help), gzipped JSONL, cut at `--raw-tokens`.
-2. Teacher: the rule programmer's doc programs (keep/drop) and its chunk programs cut chunk by
-   chunk (`benchlib.per_chunk`), keyed by the exact prompts proxkit builds; computed before
-   the clock starts.
+2. Teacher: the rule programmer's doc programs (keep/drop, on each page as shipped; with
+   `--keep-all` every document is kept) and its chunk programs cut chunk by chunk
+   (`benchlib.per_chunk`), keyed by the exact prompts proxkit builds; computed before the
+   clock starts.
 3. `prox refine` of both stages, one-pass doc scoring, constrained (each output checked by the
    grammar's `complete_lines`; with `--check` also token by token by `follows`, as a
    check-then-redo path does), once per `--prompt-workers` value.
@@ -148,8 +149,9 @@ class TeacherBackend:
         self.model_seconds += time.perf_counter() - start
 
 
-def teacher_backend(corpus: Path, tokenizer, settings: dict[str, Any], check: bool):
-    """The teacher's answers for every prompt the run will send (computed, not timed)."""
+def teacher_backend(corpus: Path, tokenizer, settings: dict[str, Any], check: bool, keep_all: bool):
+    """The teacher's answers for every prompt the run will send (computed, not timed);
+    `keep_all`: every document goes on to the chunk stage (the most CPU work per token)."""
     import gzip
     import json
 
@@ -169,7 +171,7 @@ def teacher_backend(corpus: Path, tokenizer, settings: dict[str, Any], check: bo
     base = [Document(r["id"], r["text"], r, "corpus", i) for i, r in enumerate(example_records())]
     kept = {d.id: w.program == "keep_doc()" for d, w in zip(base, rules.write("doc", base))}
     prompts = doc_prompts(texts, tokenizer, settings["max_doc_tokens"])
-    keeps = {p.text: kept[d.id.split("#")[0]] for p, d in zip(prompts, documents)}
+    keeps = {p.text: keep_all or kept[d.id.split("#")[0]] for p, d in zip(prompts, documents)}
     chunker = Chunker(tokenizer.backend, settings["max_chunk_tokens"])
     eos_id = tokenizer.backend.token_to_id(tokenizer.eos_token)
     answers: dict[str, list[int]] = {}
@@ -315,6 +317,7 @@ def main() -> None:
     parser.add_argument("--output-format", default="jsonl.gz")
     parser.add_argument("--prompt-workers", type=int, nargs="+", default=[0])
     parser.add_argument("--check", action="store_true", help="also run grammar.follows per output")
+    parser.add_argument("--keep-all", action="store_true", help="no document dropped at doc level")
     parser.add_argument("--gpu", type=float, metavar="STEP_MS", help="a stand-in GPU (see above)")
     parser.add_argument("--launch-ms", type=float, default=3.0)
     parser.add_argument("--prefill-us", type=float, default=3.3, help="per prompt token")
@@ -338,7 +341,7 @@ def main() -> None:
         corpus = folder / "corpus.jsonl.gz"
         documents, raw_tokens = build_corpus(corpus, int(args.raw_tokens), tokenizer.backend)
         start = time.perf_counter()
-        backend = teacher_backend(corpus, tokenizer, settings, args.check)
+        backend = teacher_backend(corpus, tokenizer, settings, args.check, args.keep_all)
         results |= {
             "documents": documents,
             "raw_tokens": raw_tokens,
