@@ -9,9 +9,12 @@ uses that when it can prove it:
 
 1. the normalizer only prepends "▁" and turns spaces into "▁", with no pre-tokenizer;
 2. no BPE merge joins a symbol ending in a non-"▁" character to one starting with "▁", so no
-   token spans such a boundary and the normalized text splits into words (`▁*[^▁]+`)
-   tokenized apart (`WordTokens`);
-3. no merge involves a digit, so `[NNN]` adds exactly one token per digit.
+   token spans such a boundary;
+3. no merge involves a digit or a newline, so each is a token of its own (a newline is a byte
+   token), no token spans one, and `[NNN]` adds exactly one token per digit.
+By 2 and 3 the normalized text splits into words (`▁*` then other characters, or a digit or a
+newline alone) tokenized apart (`WordTokens`); split this finely, the words of web text and of
+numbered lines recur, so their cached ids serve again.
 
 Then count(`[NNN]content`) = count(`<s>▁[NNN`) + sum of the model's count for each word of
 `]content` (`LineCounter`). Each distinct word is tokenized once by the real BPE model, in
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from itertools import islice
+from itertools import chain, islice
 
 from tokenizers import Tokenizer
 
 SPACE = "▁"
-_WORDS = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
+BREAKS = "0123456789\n"  # condition 3: characters no token spans
+_WORDS = re.compile(f"[{BREAKS}]|{SPACE}*[^{SPACE}{BREAKS}]+|{SPACE}+")
 _LLAMA_NORMALIZER = {
     "type": "Sequence",
     "normalizers": [
@@ -54,6 +58,8 @@ _PROBES = [
     "1234567890",
     "]]]",
     "http://x.y/z?a=b",
+    "line\n[001]next 2\n\n",
+    "x1y ▁\n2 \n a",
 ]
 
 
@@ -77,7 +83,7 @@ def word_level_model(tokenizer: Tokenizer) -> Tokenizer | None:
         return None
     for merge in model.get("merges", []):
         left, right = _merge_pair(merge)
-        if any(ch in "0123456789" for ch in left + right):  # line numbers are ASCII digits
+        if any(ch in BREAKS for ch in left + right):
             return None
         if left[-1] != SPACE and right[0] == SPACE:
             return None
@@ -93,7 +99,7 @@ def normalized(text: str) -> str:
 
 
 class WordTokens:
-    """Token ids of normalized text as the concatenation of its words' ids (conditions 1-2),
+    """Token ids of normalized text as the concatenation of its words' ids (conditions 1-3),
     each distinct word tokenized once by the bare BPE model and cached. `exact` says whether
     the conditions hold for this tokenizer; where they do not, nothing here may be used."""
 
@@ -121,19 +127,20 @@ class WordTokens:
         """The ids of each word (a piece of normalized text), from the cache or the model."""
         assert self.bare is not None
         cache = self.cache
-        missing = list(dict.fromkeys(w for w in words if w not in cache))
+        missing = set(words).difference(cache)
         if missing and len(cache) + len(missing) > self.cache_entries:
             cache.clear()
-            missing = list(dict.fromkeys(words))
+            missing = set(words)
         if missing:
-            encodings = self.bare.encode_batch_fast(missing, add_special_tokens=False)
-            for word, encoding in zip(missing, encodings):
+            found = list(missing)
+            encodings = self.bare.encode_batch_fast(found, add_special_tokens=False)
+            for word, encoding in zip(found, encodings):
                 cache[word] = tuple(encoding.ids)
         return list(map(cache.__getitem__, words))
 
     def ids(self, text: str) -> list[int]:
         """The ids of already normalized text (no special-token text)."""
-        return [i for word in self.of_words(_WORDS.findall(text)) for i in word]
+        return list(chain.from_iterable(self.of_words(_WORDS.findall(text))))
 
     def encode(self, text: str) -> list[int]:
         """`tokenizer.encode(text, add_special_tokens=False).ids` for text without special-token

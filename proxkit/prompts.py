@@ -365,4 +365,4 @@ class _Scan:
         """The ids of the words read from text index `start` to `end` (both word starts)."""
         low = bisect.bisect_left(self.starts, start)
         high = bisect.bisect_left(self.starts, end)
-        return [i for ids in self.words.of_words(self.pieces[low:high]) for i in ids]
+        return list(itertools.chain.from_iterable(self.words.of_words(self.pieces[low:high])))
