@@ -14,6 +14,7 @@ if compgen -G "$carry/wheels/*.whl" > /dev/null; then
     export PYTHONPATH="$PWD/$carry/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # no network there: nothing may wait for one
 nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv > "$out/nvidia-smi.csv" 2>&1 || true
 python bench/bench_gpu_refine.py --tokenizer "$carry/llama2" --json "$out/gpu_check.json" \
     --time-budget "${BUDGET:-420}" --raw-tokens 20e6 --train-steps 150 "$@" 2>&1 | tee "$out/gpu_check.log"
