@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from proxkit.io.readers import Document
 from proxkit.pipeline.batch import BatchOutput, BatchProcessor, Item
 from proxkit.pipeline.records import original_text
-from proxkit.pipeline.workers import stop_pool, worker_pool
+from proxkit.pipeline.workers import signals_held, stop_pool, worker_pool
 
 T = TypeVar("T")
 _DONE = object()
@@ -103,8 +103,12 @@ def overlapped(
     def read_all() -> Iterator[tuple[list[Item], Future | None]]:
         for batch in batches:
             texts = [original_text(item) for item in batch if isinstance(item, Document)]
-            use = pool is not None and texts and not failed.is_set()
-            yield batch, pool.submit(build, texts) if use else None  # type: ignore[union-attr]
+            if pool is None or not texts or failed.is_set():
+                yield batch, None
+                continue
+            with signals_held():  # a submission may start a worker process
+                built = pool.submit(build, texts)
+            yield batch, built
 
     read = ahead(read_all(), depth + workers, "prox-read")
 
