@@ -115,7 +115,9 @@ def _model_batches(llama2_dir):
     from proxkit.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(llama2_dir))
-    programmer = LMProgrammer(LineBackend(tokenizer), max_chunk_tokens=300, max_doc_tokens=400)
+    programmer = LMProgrammer(  # the stand-in keeps no grammar: a constrained one is refused
+        LineBackend(tokenizer), max_chunk_tokens=300, max_doc_tokens=400, constrained=False
+    )
     documents = [
         Document(r["id"], r["text"], r, "corpus", i + 1)
         for i, r in enumerate(example_records()[:48])
@@ -132,6 +134,7 @@ def test_prompt_workers_give_the_batches_of_a_run_without_them(llama2_dir):
     with_workers = list(overlapped(processor, iter(batches), depth=2, workers=2))
     assert [o.records for o in with_workers] == [p.records for p in plain]
     assert [o.rejects for o in with_workers] == [p.rejects for p in plain]
+    assert sum(o.stats.prompt_worker_fallbacks for o in with_workers) == 0
 
 
 def test_the_prompt_builder_builds_what_the_programmer_builds_itself(llama2_dir):
@@ -153,6 +156,8 @@ def test_a_failing_prompt_worker_leaves_the_batch_to_the_model_process(llama2_di
     programmer.__dict__["tokenizer_fingerprint"] = "not the model's"  # workers refuse to build
     with_workers = list(overlapped(processor, iter(batches), depth=2, workers=1))
     assert [o.records for o in with_workers] == [p.records for p in plain]
+    # every batch's prompts were built in the model's process, and counted
+    assert [o.stats.prompt_worker_fallbacks for o in with_workers] == [1] * len(batches)
     warnings = capfd.readouterr().err
     assert "prompt worker failed (RuntimeError: tokenizer" in warnings
     assert warnings.count("prompt worker failed") == 1

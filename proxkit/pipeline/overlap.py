@@ -100,30 +100,35 @@ def overlapped(
     pool = worker_pool(workers) if build is not None else None
     failed = threading.Event()  # a worker failed: the model's process builds from then on
 
-    def read_all() -> Iterator[tuple[list[Item], Future | None]]:
+    def read_all() -> Iterator[tuple[list[Item], Future | None, bool]]:
+        """Each batch, its inputs being built, and whether workers were to build them."""
         for batch in batches:
             texts = [original_text(item) for item in batch if isinstance(item, Document)]
-            if pool is None or not texts or failed.is_set():
-                yield batch, None
+            wanted = pool is not None and bool(texts)
+            if not wanted or failed.is_set():
+                yield batch, None, wanted
                 continue
             with signals_held():  # a submission may start a worker process
                 built = pool.submit(build, texts)
-            yield batch, built
+            yield batch, built, wanted
 
     read = ahead(read_all(), depth + workers, "prox-read")
 
     def start_all() -> Iterator:
         try:
-            for batch, built in read:
-                yield processor.start(batch, _result(built, failed))
+            for batch, built, wanted in read:
+                prepared = _result(built, failed)
+                yield processor.start(batch, prepared), wanted and prepared is None
         finally:
             read.close()  # type: ignore[attr-defined]
 
     started = ahead(start_all(), depth, "prox-start")
     finished = False
     try:
-        for batch in started:
-            yield processor.finish(batch)
+        for batch, fell_back in started:
+            output = processor.finish(batch)
+            output.stats.prompt_worker_fallbacks += fell_back
+            yield output
         finished = True
     finally:
         close = getattr(started, "close", None)
