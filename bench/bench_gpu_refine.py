@@ -1,4 +1,4 @@
-"""End-to-end `prox refine` with a refining model, both stages, per decode path: the GPU check.
+"""End-to-end `prox refine` with a refining model, both stages: the GPU check.
 
 Built to run on a lent GPU machine as it is, in one call, inside a time budget
 (`bench/gpu/check.sh`; the README says how), and on a CPU with `--device cpu --shape tiny`.
@@ -14,11 +14,19 @@ Every phase adds to the JSON file as it ends, so a run cut short still leaves it
    `prox sft-data` and `prox train` code on the programs the rule programmer writes for the
    example corpus, so its programs have a refiner's lengths. Doc decisions keep the share of
    documents the rules keep (`--doc-keep-fraction`), so both stages carry a refiner's load.
-5. Warm-up: each decode path refines `--warmup-docs` documents first (kernels, allocator,
-   caches); its speed sizes the measured run so that all runs fit the time budget.
-6. Runs: `prox refine` (the real runner: reading, prompt workers, overlap, writing) once per
-   `--generation` path (default: every path the installed proxkit offers), same model, same
-   documents.
+5. Decode loop against `generate`: chunk prompts of the corpus in batches of
+   `--reference-batch` (the backend's dtype: bf16 on a GPU), each batch decoded by proxkit's
+   loop (ended rows leave the batch, the grammar checks the model's choice first) and by
+   transformers' `generate` (the grammar as a mask of every disallowed token at every step,
+   `proxkit.testing.generate_reference`), without and with the grammar, batch after batch up
+   to `--reference-rows` prompts or `--reference-seconds`: the share of identical outputs (on
+   a CPU in fp32 they must all be; in bf16 a batch that shrinks runs other kernels, whose
+   rounding can turn a near tie), and how many outputs the grammar changed.
+6. Warm-up: each run refines `--warmup-docs` documents first (kernels, allocator, caches);
+   its speed sizes the measured runs so that all of them fit the time budget.
+7. Runs: `prox refine` (the real runner: reading, prompt workers, overlap, writing), same
+   model, same documents, once per `--runs`: `transformers` (the grammar on, the default),
+   `unconstrained` (`--no-constrained`), and `vllm` where it is installed on a GPU.
 
 Reported per run, from the run's own counters (`stats.json`) and the device:
 - raw input tokens/s, device-hours per billion raw tokens, and beside them the paper's
@@ -32,10 +40,12 @@ Reported per run, from the run's own counters (`stats.json`) and the device:
   records over a window of `--sample-seconds` in the middle of the run, over the window; the
   share of wall time a model call was open is reported apart, and NVML's utilization where
   pynvml is installed;
-- failures (documents left unrefined), rejects, outputs redone under the grammar, the static
-  fallback of a continuous path that stopped, batches split out of memory, outputs at the
-  token limit, and the batch limits used;
-- across paths: the share of documents whose doc and chunk programs are identical.
+- failures (documents left unrefined), rejects, decode steps the grammar corrected, batches
+  whose prompts the model's process built because a prompt worker failed, batches split out
+  of memory, outputs at the token limit, the share of row-steps that wrote a token (rows that
+  ended wait for the batch to compact), and the batch limits used;
+- across runs: the share of documents whose doc and chunk programs are identical (between
+  `transformers` and `unconstrained`: where the grammar changed no program).
 
     bash bench/gpu/check.sh                                     # on the lent GPU machine
     python bench/bench_gpu_refine.py --json bench/results/gpu_refine.json   # any GPU machine
@@ -74,6 +84,12 @@ DATASHEET_BF16_TFLOPS = (
     ("L4", 121),
 )
 MODULES = ("accelerate", "zstandard", "pynvml", "pyarrow", "typer", "rich", "vllm")
+# The measured runs: RefineConfig values over the shared ones.
+RUNS: dict[str, dict[str, Any]] = {
+    "transformers": {"backend": "transformers"},
+    "unconstrained": {"backend": "transformers", "constrained": False},
+    "vllm": {"backend": "vllm"},
+}
 
 
 def datasheet_peak(device_name: str) -> float | None:
@@ -268,8 +284,8 @@ def programs(output: Path) -> dict[str, tuple[Any, Any]]:
 
 
 def identical_programs(outputs: dict[str, Path]) -> dict[str, Any]:
-    """For each pair of paths: the share of documents with the same doc and chunk programs."""
-    read = {path: programs(folder) for path, folder in outputs.items()}
+    """For each pair of runs: the share of documents with the same doc and chunk programs."""
+    read = {label: programs(folder) for label, folder in outputs.items()}
     rates = {}
     for a, b in combinations(read, 2):
         shared = read[a].keys() & read[b].keys()
@@ -283,6 +299,88 @@ def identical_programs(outputs: dict[str, Path]) -> dict[str, Any]:
     return rates
 
 
+def first_difference(a: list[int], b: list[int]) -> int:
+    """The first position where two token rows differ (the shorter's length if one is the
+    other's start)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict[str, Any]:
+    """How far two decodings of the same prompts agree, token for token."""
+    differing = [first_difference(a, b) for a, b in zip(ours, theirs) if a != b]
+    return {
+        "identical_outputs": round(1 - len(differing) / max(len(ours), 1), 4),
+        "differing_outputs": len(differing),
+        "first_difference_p50": sorted(differing)[len(differing) // 2] if differing else None,
+    }
+
+
+def decode_check(
+    model_dir: Path,
+    device: str,
+    texts: list[str],
+    rows: int,
+    batch_rows: int,
+    max_chunk_tokens: int,
+    limit: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Section 5 of the module docstring: proxkit's decode loop against transformers'
+    `generate` on the same batches of at most `batch_rows` chunk prompts, without and with
+    the grammar, batch after batch until `rows` prompts or `seconds` (the reference lists
+    every allowed token of every row at every step in Python: slow on long outputs)."""
+    from proxkit.chunking import Chunker, chunk_content
+    from proxkit.programmers.grammar import ProgramGrammar
+    from proxkit.programmers.hf import HFSettings, TransformersBackend, _batches
+    from proxkit.programmers.lm import chunk_inputs
+    from proxkit.testing import generate_reference
+
+    model = TransformersBackend(str(model_dir), HFSettings(device=device))
+    tokenizer = model.tokenizer
+    inputs = chunk_inputs(
+        texts, tokenizer, Chunker(tokenizer.backend, max_chunk_tokens, tokenizer.words)
+    )
+    chunks = [chunk for document, _ in inputs for chunk in document][:rows]
+    prompts = [prompt for _, document in inputs for prompt in document][:rows]
+    grammars = [
+        ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in chunks
+    ]
+    decoders = {
+        "decode_loop": model._decode,
+        "generate": lambda batch, new, chosen: generate_reference(model, batch, new, chosen),
+    }
+    model._decode(prompts[:1], 2, None)  # first-call costs (threads, kernels) out of the timing
+    outputs: dict[tuple[str, bool], list[list[int]]] = {
+        (name, constrained): [] for name in decoders for constrained in (False, True)
+    }
+    spent = dict.fromkeys(outputs, 0.0)
+    started, compared = time.perf_counter(), 0
+    for batch in _batches(prompts, model.settings.batch_tokens, min(batch_rows, len(prompts))):
+        if compared and time.perf_counter() - started > seconds:
+            break
+        for name, constrained in outputs:
+            chosen = [grammars[i] for i in batch] if constrained else None
+            start = time.perf_counter()
+            outputs[name, constrained] += decoders[name]([prompts[i] for i in batch], limit, chosen)
+            spent[name, constrained] += time.perf_counter() - start
+        compared += len(batch)
+    changed = agreement(outputs["decode_loop", False], outputs["decode_loop", True])
+    return {
+        "prompts": compared,
+        "dtype": str(model.model.dtype).removeprefix("torch."),
+        "max_new_tokens": limit,
+        "without_grammar": agreement(outputs["decode_loop", False], outputs["generate", False]),
+        "with_grammar": agreement(outputs["decode_loop", True], outputs["generate", True]),
+        "outputs_the_grammar_changed": changed["differing_outputs"],
+        "steps_corrected_by_grammar": model.stats()["steps_corrected_by_grammar"],
+        "compactions": model.counters["compactions"],
+        "seconds": {
+            name + (" with grammar" if constrained else ""): round(value, 2)
+            for (name, constrained), value in spent.items()
+        },
+    }
+
+
 def run_summary(
     stats: Any, wall: float, raw_tokens: int, shape: dict, peaks: dict, parameters: int
 ) -> dict[str, Any]:
@@ -291,19 +389,22 @@ def run_summary(
     flops = sum(model_flops(shape, 32000, stages.get(s, {})) for s in ("doc", "chunk"))
     per_second = raw_tokens / wall
     hours_per_billion = 1e9 / per_second / 3600
-    lengths = {}
+    lengths, written = {}, 0
     for stage in ("doc", "chunk"):
         counts = stages.get(stage, {}).get("output_tokens")
         if counts:
             outputs = sum(counts.values())
+            at_limit = stages[stage]["outputs_at_token_limit"]
             lengths[stage] = {
                 "outputs": outputs,
                 "p50": percentile(counts, 0.5),
                 "p90": percentile(counts, 0.9),
                 "max": max(int(k) for k in counts),
-                "at_token_limit": stages[stage]["outputs_at_token_limit"],
-                "redone_under_grammar": stages[stage]["regenerated_under_grammar"],
+                "at_token_limit": at_limit,
             }
+            # a row writes each of its tokens, and its end of sequence unless cut at the limit
+            written += stages[stage]["generated_tokens"] + outputs - at_limit
+    row_steps = model.get("row_steps")
     datasheet = peaks.get("datasheet")
     summary = {
         "documents": stats.documents,
@@ -313,13 +414,19 @@ def run_summary(
         "device_hours_per_billion_raw_tokens": round(hours_per_billion, 4),
         "mfu_vs_datasheet_peak": round(flops / wall / datasheet, 4) if datasheet else None,
         "mfu_vs_same_run_matmul_peak": round(flops / wall / peaks["same_run"], 4),
-        "model_call_open_share": round(model.get("busy_seconds", 0) / wall, 3),
+        "model_call_open_share": (
+            round(model["busy_seconds"] / wall, 3) if "busy_seconds" in model else None
+        ),
         "failures": stats.programmer_failures,
         "rejected": stats.rejected,
-        "redone_under_grammar": sum(v["redone_under_grammar"] for v in lengths.values()),
-        "continuous_fallback": model.get("continuous_stopped"),
+        "steps_corrected_by_grammar": model.get("steps_corrected_by_grammar"),
+        "prompt_worker_fallbacks": stats.prompt_worker_fallbacks,
         "oom_splits": model.get("oom_splits"),
-        "generation": model.get("generation"),
+        "refused_requests": model.get("refused_requests"),
+        "engine": model.get("engine", "transformers"),
+        "decode_steps": model.get("decode_steps"),
+        "row_steps_writing_share": round(written / row_steps, 4) if row_steps else None,
+        "compactions": model.get("compactions"),
         "batch_tokens": model.get("batch_tokens"),
         "max_batch_size": model.get("max_batch_size"),
         "kept_fraction": round(stats.kept / max(stats.documents, 1), 4),
@@ -350,7 +457,17 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--generation", nargs="+", help="decode paths (default: all offered)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=sorted(RUNS),
+        help="default: transformers, unconstrained, and vllm where it is installed on a GPU",
+    )
+    parser.add_argument("--reference-rows", type=int, default=64, help="0: no decode check")
+    parser.add_argument("--reference-batch", type=int, default=16, help="rows per batch")
+    parser.add_argument("--reference-seconds", type=float, default=60, help="no batch after")
+    parser.add_argument("--chunk-max-new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-workers", type=int, help="default: prox refine's")
     parser.add_argument("--warmup-docs", type=int, default=64)
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="0: no kernel trace")
     parser.add_argument("--batch-size", type=int, default=512, help="documents per batch")
@@ -386,13 +503,14 @@ def main() -> None:
 
 def check(args: argparse.Namespace, results: dict[str, Any], save: Any, started: float) -> None:
     """The phases of the module docstring, each saved as it ends."""
+    import gc
     import tempfile
 
     import torch
 
     from proxkit.config import RefineConfig
+    from proxkit.pipeline.overlap import prompt_workers
     from proxkit.pipeline.run import run
-    from proxkit.programmers import hf
     from proxkit.testing import REFINING_LM_0_3B, SMALL, TINY
     from proxkit.tokenizer import load_tokenizer
 
@@ -441,91 +559,107 @@ def check(args: argparse.Namespace, results: dict[str, Any], save: Any, started:
     }
     save("training")
 
-    def config(path: str, output: str, limit: int | None) -> RefineConfig:
+    if args.reference_rows:
+        results["decode_loop_vs_generate"] = decode_check(
+            work / "refiner", device, _texts(work / "corpus.jsonl", args.reference_rows),
+            args.reference_rows, args.reference_batch, args.max_chunk_tokens,
+            args.chunk_max_new_tokens, args.reference_seconds,
+        )  # fmt: skip
+        gc.collect()  # its model leaves the device before the runs size their batches
+        if on_gpu:
+            torch.cuda.empty_cache()
+        save("decode loop vs generate")
+
+    def config(name: str, output: str, limit: int | None) -> RefineConfig:
         return RefineConfig(
             inputs=(str(work / "corpus.jsonl"),),
             output=str(work / output),
             doc_programmer=str(work / "refiner"),
             chunk_programmer=str(work / "refiner"),
-            generation=path,
             device=device,
             batch_size=args.batch_size,
+            prompt_workers=args.prompt_workers,
             batch_tokens=args.batch_tokens,
             max_batch_size=args.max_batch_size,
             max_chunk_tokens=args.max_chunk_tokens,
             max_doc_tokens=args.max_doc_tokens,
+            chunk_max_new_tokens=args.chunk_max_new_tokens,
             doc_keep_fraction=keep_fraction,
             output_format="jsonl",
             limit=limit,
             overwrite=True,
+            **RUNS[name],
         )
 
-    offered = getattr(hf, "GENERATION_MODES", ("static",))
-    paths = args.generation or [m for m in offered if m != "auto"]
+    labels = args.runs or ["transformers", "unconstrained"] + ["vllm"] * (on_gpu and _has("vllm"))
     results["warmup"], results["runs"], speeds, loads = {}, {}, {}, {}
-    for path in paths:
+    for label in labels:
         try:
             start = time.perf_counter()
-            run(config(path, f"warmup-{path}", 0), progress=False)  # the model's load alone
-            loads[path] = time.perf_counter() - start
+            run(config(label, f"warmup-{label}", 0), progress=False)  # the model's load alone
+            loads[label] = time.perf_counter() - start
             start = time.perf_counter()
-            run(config(path, f"warmup-{path}", args.warmup_docs), progress=False)
-        except Exception as exc:  # one path failing must not lose the others
-            results["warmup"][path] = {"error": f"{type(exc).__name__}: {exc}"}
-            save(f"warm-up {path} (failed)")
+            run(config(label, f"warmup-{label}", args.warmup_docs), progress=False)
+        except Exception as exc:  # one run failing must not lose the others
+            results["warmup"][label] = {"error": f"{type(exc).__name__}: {exc}"}
+            save(f"warm-up {label} (failed)")
             continue
-        seconds = time.perf_counter() - start - loads[path]
-        speeds[path] = args.warmup_docs / max(seconds, 1e-3)
-        results["warmup"][path] = {
-            "model_load_seconds": round(loads[path], 2),
+        seconds = time.perf_counter() - start - loads[label]
+        speeds[label] = args.warmup_docs / max(seconds, 1e-3)
+        results["warmup"][label] = {
+            "model_load_seconds": round(loads[label], 2),
             "seconds_after_load": round(seconds, 2),
-            "docs_per_second": round(speeds[path], 2),
+            "docs_per_second": round(speeds[label], 2),
         }
-        save(f"warm-up {path}")
+        save(f"warm-up {label}")
 
     outputs: dict[str, Path] = {}
     limit = documents
     if args.time_budget and speeds:
-        # Every path refines the same documents: as many as the slowest fits in its share.
+        # Every run refines the same documents: as many as the slowest fits in its share.
         left = args.time_budget - (time.perf_counter() - started) - 30
         share = max(left, 0) / len(speeds)
         limit = max(1, min(documents, int(min(speeds.values()) * share * 0.8)))
     results["measured_documents"] = limit
-    for path in speeds:
+    for label in speeds:
         raw = _raw_tokens(work / "corpus.jsonl", limit, tokenizer.backend)
-        expected = loads[path] + limit / speeds[path]
+        expected = loads[label] + limit / speeds[label]
         sample = on_gpu and args.sample_seconds > 0
-        sampler = KernelClock(min(loads[path] + 10, expected / 3), args.sample_seconds) if sample else None  # fmt: skip
+        sampler = KernelClock(min(loads[label] + 10, expected / 3), args.sample_seconds) if sample else None  # fmt: skip
         nvml = Utilization(torch.cuda.current_device()) if on_gpu and _has("pynvml") else None
         start = time.perf_counter()
         try:
-            stats = run(config(path, f"out-{path}", limit), progress=False)
+            stats = run(config(label, f"out-{label}", limit), progress=False)
         except Exception as exc:
-            results["runs"][path] = {"error": f"{type(exc).__name__}: {exc}"}
-            save(f"run {path} (failed)")
+            results["runs"][label] = {"error": f"{type(exc).__name__}: {exc}"}
+            save(f"run {label} (failed)")
             continue
         wall = time.perf_counter() - start
         summary = run_summary(stats, wall, raw, shape, peaks, parameters)
-        summary["model_load_seconds"] = round(loads[path], 2)
-        summary["raw_tokens_per_second_after_load"] = round(raw / max(wall - loads[path], 1e-3))
+        summary["model_load_seconds"] = round(loads[label], 2)
+        summary["prompt_workers"] = prompt_workers(args.prompt_workers, device)
+        summary["raw_tokens_per_second_after_load"] = round(raw / max(wall - loads[label], 1e-3))
         summary["kernel_time"] = (
             sampler.finish() if sampler else {"error": "no CUDA device" if not on_gpu else "off"}
         )
         summary["gpu_utilization_nvml"] = nvml.mean() if nvml else None
-        results["runs"][path] = summary
-        outputs[path] = work / f"out-{path}"
-        save(f"run {path}")
+        results["runs"][label] = summary
+        outputs[label] = work / f"out-{label}"
+        save(f"run {label}")
     if len(outputs) > 1:
         results["identical_programs"] = identical_programs(outputs)
         save("comparison")
 
 
+def _texts(corpus: Path, documents: int) -> list[str]:
+    """The texts of the first `documents` documents of the corpus."""
+    with corpus.open(encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for _, line in zip(range(documents), handle)]
+
+
 def _raw_tokens(corpus: Path, documents: int, tokenizer: Any) -> int:
     """Raw tokens of the first `documents` documents of the corpus."""
-    texts = []
-    with corpus.open(encoding="utf-8") as handle:
-        for _, line in zip(range(documents), handle):
-            texts.append(json.loads(line)["text"])
+    texts = _texts(corpus, documents)
     return sum(len(e) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False))
 
 
@@ -538,20 +672,20 @@ def print_summary(results: dict[str, Any]) -> None:
     print(
         f"prox refine, both stages, {results['settings']['shape']} shape "
         f"({training['parameters'] / 1e6:.0f}M parameters) on {environment['device']}; "
-        f"{results['measured_documents']:,} documents per path; peaks (TFLOP/s): "
+        f"{results['measured_documents']:,} documents per run; peaks (TFLOP/s): "
         f"{results['peak_tflops']}; trained {training['seconds']} s "
         f"(validation loss {training['validation_loss'][0]:.2f} -> "
         f"{training['validation_loss'][1]:.2f})"
     )
     rows = []
-    for path, run in results["runs"].items():
+    for label, run in results["runs"].items():
         if "error" in run:
-            rows.append({"path": path, "raw tok/s": run["error"][:60]})
+            rows.append({"run": label, "raw tok/s": run["error"][:60]})
             continue
         chunk = run["output_lengths"].get("chunk", {})
         rows.append(
             {
-                "path": path,
+                "run": label,
                 "raw tok/s": run["raw_tokens_per_second"],
                 "h / 1B tok": run["device_hours_per_billion_raw_tokens"],
                 "MFU sheet": run["mfu_vs_datasheet_peak"],
@@ -559,7 +693,8 @@ def print_summary(results: dict[str, Any]) -> None:
                 "kernel busy": run["kernel_time"].get("gpu_busy_kernel_time"),
                 "call open": run["model_call_open_share"],
                 "fail/rej": f"{run['failures']}/{run['rejected']}",
-                "redone": run["redone_under_grammar"],
+                "corrected": run["steps_corrected_by_grammar"],
+                "rows writing": run["row_steps_writing_share"],
                 "OOM splits": run["oom_splits"],
                 "chunk p50/p90": f"{chunk.get('p50')}/{chunk.get('p90')}",
             }
@@ -568,6 +703,14 @@ def print_summary(results: dict[str, Any]) -> None:
         print_table(rows, 12)
     for pair, rate in results.get("identical_programs", {}).items():
         print(f"identical programs, {pair}: {rate['identical_programs']:.1%}")
+    check = results.get("decode_loop_vs_generate")
+    if check:
+        print(
+            f"decode loop vs generate ({check['prompts']} chunk prompts, {check['dtype']}): "
+            f"identical {check['without_grammar']['identical_outputs']:.1%} without the grammar, "
+            f"{check['with_grammar']['identical_outputs']:.1%} with it; the grammar changed "
+            f"{check['outputs_the_grammar_changed']} outputs"
+        )
 
 
 if __name__ == "__main__":
