@@ -159,6 +159,12 @@ class RefineConfig:
     )
     batch_size: int = option(256, "Documents per batch.", INPUT_OUTPUT)
     workers: int = option(0, "Worker processes for CPU work (0: one per core).", SCALING)
+    prompt_workers: int | None = option(
+        None,
+        "Model runs: processes that build prompts ahead of the model (default: with the model "
+        "on a GPU one per core but two, at most 8; none on CPU).",
+        SCALING,
+    )
     limit: int | None = option(None, "Stop after this many documents.", INPUT_OUTPUT)
     overwrite: bool = option(False, "Replace results already in the output.")
     engine: str = option(
@@ -238,9 +244,14 @@ class RefineConfig:
         BACKENDS,
     )
     batch_tokens: int = option(
-        16_384, "Prompt tokens per forward batch, padding included.", BATCHING
+        0,
+        "Prompt tokens per forward batch, padding included (0: from the GPU's free memory and "
+        "the model's shape; 16384 on CPU).",
+        BATCHING,
     )
-    max_batch_size: int = option(64, "Sequences per batch.", BATCHING)
+    max_batch_size: int = option(
+        0, "Sequences per batch (0: from the GPU's free memory; 64 on CPU).", BATCHING
+    )
     replicas: tuple[str, ...] = option(  # one model process per device
         (),
         "Like --gpus with any devices, e.g. cuda:0,cuda:0 (two replicas on one GPU) or cpu,cpu "
@@ -310,11 +321,15 @@ class RefineConfig:
             )
         if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
+        if self.prompt_workers is not None and self.prompt_workers < 0:
+            raise ConfigError("prompt_workers must be >= 0")
         bad = [d for d in self.replicas if not re.fullmatch(r"cpu|cuda(:\d+)?", d)]
         if bad:
             raise ConfigError(f"replicas are devices such as cuda:0 or cpu, got {bad[0]!r}")
-        if self.max_batch_size < 1 or self.threads < 0 or self.kv_cache_gib < 1:
-            raise ConfigError("max_batch_size must be >= 1, threads >= 0, kv_cache_gib >= 1")
+        if min(self.batch_tokens, self.max_batch_size, self.threads) < 0 or self.kv_cache_gib < 1:
+            raise ConfigError(
+                "batch_tokens, max_batch_size and threads must be >= 0, kv_cache_gib >= 1"
+            )
         if self.chunk_score_range is not None:
             try:
                 band = score_range(self.chunk_score_range)

@@ -18,9 +18,10 @@ import torch
 
 from proxkit.chunking import Chunker, chunk_content
 from proxkit.config import RefineConfig
-from proxkit.programmers.grammar import ProgramGrammar, allowed_tokens
+from proxkit.programmers.grammar import ProgramGrammar
 from proxkit.programmers.hf import HFSettings, TransformersBackend
 from proxkit.prompts import chunk_prompts, doc_prompts
+from proxkit.testing import generate_reference
 
 from conftest import write_jsonl
 from tiny_model import make_documents
@@ -42,50 +43,6 @@ def prompts_and_grammars(tokenizer, count: int = 20):
     }
 
 
-class MaskEveryStep:
-    """The reference for constrained greedy decoding: a transformers logits processor that
-    lists each row's allowed tokens from its text so far and masks all others."""
-
-    def __init__(self, grammars, model: TransformersBackend, prompt_length: int) -> None:
-        self.grammars, self.model, self.prompt_length = grammars, model, prompt_length
-
-    def __call__(self, input_ids, scores):
-        trie, eos = self.model._steering().trie, self.model.eos_id
-        mask = torch.full_like(scores, float("-inf"))
-        for row, ids in enumerate(input_ids[:, self.prompt_length :].tolist()):
-            grammar = self.grammars[row]
-            if eos in ids:
-                mask[row, eos] = 0
-                continue
-            state = grammar.feed(grammar.start(), "".join(trie.text_of[t] for t in ids))
-            allowed = allowed_tokens(grammar, state, trie) if state is not None else []
-            if state is not None and grammar.accepts(state):
-                allowed.append(eos)
-            mask[row, allowed or [eos]] = 0
-        return scores + mask
-
-
-def reference(model: TransformersBackend, prompts, limit: int, grammars=None) -> list[list[int]]:
-    """Greedy tokens from transformers' `generate`, one batch, EOS kept."""
-    from transformers import LogitsProcessorList
-
-    ids, mask = model._padded(prompts)
-    processors = (
-        LogitsProcessorList([MaskEveryStep(grammars, model, ids.shape[1])]) if grammars else None
-    )
-    with torch.inference_mode():
-        out = model.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=limit,
-            do_sample=False,
-            eos_token_id=model.eos_id,
-            pad_token_id=model.pad_id,
-            logits_processor=processors,
-        )[:, ids.shape[1] :].tolist()
-    return [row[: row.index(model.eos_id) + 1] if model.eos_id in row else row for row in out]
-
-
 @pytest.mark.parametrize("trained", [True, False])
 def test_the_decode_loop_writes_what_generate_writes(trained, refiner, tmp_path, llama2_dir):
     from proxkit.testing import random_llama
@@ -99,7 +56,7 @@ def test_the_decode_loop_writes_what_generate_writes(trained, refiner, tmp_path,
     for stage, (prompts, grammars, limit) in prompts_and_grammars(model.tokenizer, 8).items():
         prompts, grammars = prompts[:12], grammars[:12]
         for chosen in (None, grammars):
-            expected = reference(model, prompts, limit, chosen)
+            expected = generate_reference(model, prompts, limit, chosen)
             got = model._decode(prompts, limit, chosen)
             assert got == expected, (stage, chosen is not None)
             lengths |= {len(row) for row in got}

@@ -21,9 +21,11 @@ pytest.importorskip("torch")
 pytest.importorskip("vllm")
 
 from proxkit.io.readers import Document
+from proxkit.pipeline.batch import BatchProcessor, model_device
+from proxkit.pipeline.overlap import overlapped
 from proxkit.programmers.hf import HFSettings, TransformersBackend
 from proxkit.programmers.lm import DocScoring, LMProgrammer
-from proxkit.programmers.vllm import VLLMBackend, VLLMSettings, cores_text
+from proxkit.programmers.vllm import VLLMBackend, VLLMSettings, cores_text, device_name
 
 from conftest import write_jsonl
 from tiny_model import make_documents
@@ -52,6 +54,33 @@ def documents(count: int, seed: int = 3) -> list[Document]:
 
 def test_cores_text():
     assert cores_text([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and cores_text([3]) == "3"
+
+
+def test_the_engine_names_its_device_as_runners_read_it():
+    assert device_name("auto", on_cpu=True) == "cpu" and device_name("cpu", on_cpu=True) == "cpu"
+    assert device_name("auto", on_cpu=False) == "cuda"  # a GPU: prompt workers by default
+    assert device_name("cuda:1", on_cpu=False) == "cuda:1"
+
+
+def test_prompt_workers_feed_the_engine_what_it_builds_itself(engines):
+    """Prompts built in a worker process reach vLLM as they would from the model's process:
+    the same records, batch for batch (fresh program caches, so the engine writes both)."""
+    vllm, _ = engines
+    batches = [documents(24)[i : i + 8] for i in range(0, 24, 8)]
+
+    def processor() -> BatchProcessor:
+        programmer = LMProgrammer(vllm, DocScoring(keep_fraction=0.75), chunk_max_new_tokens=40)
+        return BatchProcessor(programmer, programmer)
+
+    alone = processor()
+    plain = [alone(batch) for batch in batches]
+    assert model_device(alone) == "cpu"
+    sent = vllm.counters["requests"]
+    built_apart = list(overlapped(processor(), iter(batches), workers=1))
+    assert vllm.counters["requests"] > sent
+    assert [o.records for o in built_apart] == [p.records for p in plain]
+    assert sum(o.stats.prompt_worker_fallbacks for o in built_apart) == 0
+    assert any(r["metadata"].get("chunk_program") for o in plain for r in o.records)
 
 
 @pytest.mark.parametrize("constrained", [True, False])

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,11 +87,23 @@ class BatchProcessor:
     def __call__(self, items: Sequence[Item]) -> BatchOutput:
         return self.finish(self.start(items))
 
-    def start(self, items: Sequence[Item]) -> Started:
+    def prompt_builder(self) -> PromptBuilders | None:
+        """What builds the model inputs of a batch from its documents' texts (`texts`),
+        picklable, for a runner to call ahead in worker processes; None without a model."""
+        stages: dict[int, tuple[Any, list[str]]] = {}
+        for stage, programmer in (("doc", self.doc_programmer), ("chunk", self.chunk_programmer)):
+            if hasattr(programmer, "prompt_builder"):
+                stages.setdefault(id(programmer), (programmer, []))[1].append(stage)
+        builders = tuple(p.prompt_builder(s) for p, s in stages.values())  # type: ignore[attr-defined]
+        return PromptBuilders(builders) if builders else None
+
+    def start(self, items: Sequence[Item], prepared: Mapping[str, list] | None = None) -> Started:
+        """Run the doc stage and start the chunk stage; `prepared`: what `prompt_builder`
+        built for this batch, by stage, in the order of its documents."""
         documents = [i for i in items if isinstance(i, Document)]
         rejects = [i for i in items if isinstance(i, Reject)]
         try:
-            return self._start(documents, rejects)
+            return self._start(documents, rejects, prepared or {})
         except Exception as exc:
             fallback = self._one_by_one(documents, exc)
             return Started([], rejects, [], [], [], lambda: [], fallback)
@@ -125,17 +137,21 @@ class BatchProcessor:
 
     def _alone(self, document: Document) -> BatchOutput:
         try:
-            return self._finish(self._start([document], []))
+            return self._finish(self._start([document], [], {}))
         except Exception as exc:
             return _rejected(document, exc)
 
     def _submit(
-        self, programmer: Programmer | None, stage: str, documents: list[Document]
+        self,
+        programmer: Programmer | None,
+        stage: str,
+        documents: list[Document],
+        prepared: list | None = None,
     ) -> Pending:
         if programmer is None or not documents:
             nothing = [Written(None)] * len(documents)
             return lambda: nothing
-        pending = submit(programmer, stage, documents)  # type: ignore[arg-type]
+        pending = submit(programmer, stage, documents, prepared)  # type: ignore[arg-type]
 
         def checked() -> list[Written]:
             written = pending()
@@ -147,10 +163,12 @@ class BatchProcessor:
 
         return checked
 
-    def _start(self, documents: list[Document], rejects: list[Reject]) -> Started:
+    def _start(
+        self, documents: list[Document], rejects: list[Reject], prepared: Mapping[str, list]
+    ) -> Started:
         # Programmers read the text the programs will run on (the original of a refined record).
         originals = [dataclasses.replace(d, text=original_text(d)) for d in documents]
-        doc_written = self._submit(self.doc_programmer, "doc", originals)()
+        doc_written = self._submit(self.doc_programmer, "doc", originals, prepared.get("doc"))()
         doc_results: list[ExecutionResult | None] = [
             execute_doc(d.text, w.program, self.mode) if w.program is not None else None
             for d, w in zip(originals, doc_written)
@@ -158,9 +176,13 @@ class BatchProcessor:
         kept = [i for i, r in enumerate(doc_results) if r is None or not r.dropped]
         gated = self._gated(kept, doc_written)
         survivors = [i for i in kept if i not in gated]
+        chunk_inputs = prepared.get("chunk")
         began = time.perf_counter()
         chunk_pending = self._submit(
-            self.chunk_programmer, "chunk", [originals[i] for i in survivors]
+            self.chunk_programmer,
+            "chunk",
+            [originals[i] for i in survivors],
+            [chunk_inputs[i] for i in survivors] if chunk_inputs is not None else None,
         )
         seconds = time.perf_counter() - began if self.score_band else 0.0
         return Started(
@@ -251,6 +273,19 @@ def passed(text: str, outcome: Outcome) -> ExecutionResult:
     return ExecutionResult(text, outcome, words_before=words, words_after=words)
 
 
+@dataclass(frozen=True)
+class PromptBuilders:
+    """The prompt builders of a batch's model programmers, called as one (picklable)."""
+
+    builders: tuple[Callable[[Sequence[str]], dict[str, list]], ...]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, list]:
+        built: dict[str, list] = {}
+        for build in self.builders:
+            built.update(build(texts))
+        return built
+
+
 def _rejected(document: Document, error: Exception) -> BatchOutput:
     output = BatchOutput()
     output.rejects.append(
@@ -333,6 +368,15 @@ def build_processor(config: RefineConfig) -> BatchProcessor:
         deletion_only=config.deletion_only,
         score_band=config.chunk_score_range,
     )
+
+
+def model_device(processor: BatchProcessor) -> str | None:
+    """The device of the processor's model, if it has one (`cuda:0`, `cpu`)."""
+    for programmer in (processor.doc_programmer, processor.chunk_programmer):
+        device = getattr(getattr(programmer, "backend", None), "device", None)
+        if isinstance(device, str):
+            return device
+    return None
 
 
 def programmer_stats(processor: BatchProcessor) -> dict[str, Any]:

@@ -31,6 +31,7 @@ NOT_OUTPUT_CHANGING = frozenset(
     {
         "overwrite",
         "workers",
+        "prompt_workers",
         "batch_size",
         "rank",
         "world_size",

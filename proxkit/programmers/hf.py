@@ -15,6 +15,7 @@ and the runner rejects that document alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxkit.programmers.batch_limits import batch_limits
 from proxkit.programmers.grammar import GreedyRows, ProgramGrammar, Steering, TokenTrie
 from proxkit.programmers.lm import Completion
 from proxkit.prompts import Prompt
@@ -49,8 +51,8 @@ def missing_model_message(name: str, exc: Exception) -> str:
 class HFSettings:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    batch_tokens: int = 16_384  # prompt tokens per forward batch (padding included)
-    max_batch_size: int = 64  # sequences per batch
+    batch_tokens: int = 0  # prompt tokens per forward batch (padding included); 0: batch_limits.py
+    max_batch_size: int = 0  # sequences per batch; 0: from batch_limits.py as well
     threads: int = 0  # CPU threads for torch; 0: one per core
     compile: bool = False  # torch.compile the decoder used by one-pass scoring
 
@@ -97,6 +99,13 @@ class TransformersBackend:
         except Exception as exc:
             raise ModelNotFound(missing_model_message(name_or_path, exc)) from exc
         self.model.eval()
+        if not settings.batch_tokens or not settings.max_batch_size:
+            limits = batch_limits(self.model, device)
+            self.settings = settings = dataclasses.replace(
+                settings,
+                batch_tokens=settings.batch_tokens or limits.batch_tokens,
+                max_batch_size=settings.max_batch_size or limits.max_batch_size,
+            )
         # Only one-pass scoring uses the compiled decoder: its shapes vary by batch alone,
         # while decoding's growing KV cache would recompile at every step.
         self.scoring_decoder = self.model.get_decoder()
@@ -284,5 +293,7 @@ class TransformersBackend:
             "device": self.device,
             **self.counters,
             "steps_corrected_by_grammar": self.steering.corrected if self.steering else 0,
+            "batch_tokens": self.settings.batch_tokens,
+            "max_batch_size": self.settings.max_batch_size,
             "busy_seconds": round(self.busy_seconds, 3),
         }

@@ -20,18 +20,20 @@ threshold of 0.5 this picks the program greedy decoding would write.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxkit.chunking import Chunker, chunk_content
+from proxkit.chunking import Chunk, Chunker, chunk_content
 from proxkit.io.readers import Document
 from proxkit.programmers.base import STAGES, BackendCannot, Pending, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, answer_text, chunk_prompts, doc_prompts
-from proxkit.tokenizer import TokenizerInfo
+from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
 KEEP, DROP = "keep_doc()", "drop_doc()"
 ANSWER_CONTEXT = 64
@@ -171,6 +173,52 @@ def answer_tokens(
     raise ValueError("keep_doc() and drop_doc() tokenize identically")
 
 
+ChunkInputs = tuple[list[Chunk], list[Prompt]]  # one document's chunks and their prompts
+
+
+def chunk_inputs(
+    texts: Sequence[str], tokenizer: TokenizerInfo, chunker: Chunker
+) -> list[ChunkInputs]:
+    """Each document's chunks and chunk prompts (the prompts tokenized in one batch)."""
+    per_document = chunker(texts)
+    prompts = iter(chunk_prompts([c for chunks in per_document for c in chunks], tokenizer))
+    return [(chunks, list(itertools.islice(prompts, len(chunks)))) for chunks in per_document]
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """A batch's model inputs for the stages one model writes, from the documents' texts
+    alone: a picklable value, so a runner can build them in worker processes, ahead of the
+    model and away from its thread and interpreter lock (`pipeline/overlap.py`). What it
+    builds is what `LMProgrammer` builds for itself without one."""
+
+    tokenizer: str  # loaded by name where the inputs are built...
+    fingerprint: str  # ... and checked to be the model's
+    stages: tuple[Stage, ...]
+    max_doc_tokens: int
+    doc_truncation: Truncation
+    max_chunk_tokens: int
+
+    def __call__(self, texts: Sequence[str]) -> dict[Stage, list]:
+        tokenizer, chunker = _builder_tools(self.tokenizer, self.fingerprint, self.max_chunk_tokens)
+        built: dict[Stage, list] = {}
+        if "doc" in self.stages:
+            built["doc"] = doc_prompts(texts, tokenizer, self.max_doc_tokens, self.doc_truncation)
+        if "chunk" in self.stages:
+            built["chunk"] = chunk_inputs(texts, tokenizer, chunker)
+        return built
+
+
+@functools.lru_cache(maxsize=2)
+def _builder_tools(tokenizer: str, fingerprint: str, max_chunk_tokens: int):
+    """The tokenizer and chunker of a worker process, loaded once (their caches then serve
+    every batch the process builds)."""
+    loaded = load_tokenizer(tokenizer)
+    if loaded.fingerprint() != fingerprint:
+        raise RuntimeError(f"tokenizer {tokenizer!r} loads differently here than the model's")
+    return loaded, Chunker(loaded.backend, max_chunk_tokens, loaded.words)
+
+
 class LMProgrammer:
     """A programmer backed by a language model (see `Backend`)."""
 
@@ -197,7 +245,8 @@ class LMProgrammer:
         self.doc_truncation = doc_truncation
         self.doc_max_new_tokens = doc_max_new_tokens
         self.chunk_max_new_tokens = chunk_max_new_tokens
-        self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
+        self.max_chunk_tokens = max_chunk_tokens
+        self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens, self.tokenizer.words)
         # One cache per stage: a model serving both stages reports each stage's hit rate.
         self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
         self.work = {stage: ModelWork() for stage in STAGES}
@@ -219,11 +268,29 @@ class LMProgrammer:
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
         return self.submit(stage, documents)()
 
-    def submit(self, stage: Stage, documents: Sequence[Document]) -> Pending:
-        """Start a batch; the model may still be writing when this returns."""
+    def submit(
+        self, stage: Stage, documents: Sequence[Document], prepared: list | None = None
+    ) -> Pending:
+        """Start a batch; the model may still be writing when this returns. `prepared`: the
+        documents' inputs for this stage from `prompt_builder`, if a runner built them."""
         if stage == "doc":
-            return self._doc(documents)
-        return self._chunk(documents)
+            return self._doc(documents, prepared)
+        return self._chunk(documents, prepared)
+
+    def prompt_builder(self, stages: Sequence[Stage]) -> PromptBuilder:
+        """What builds this programmer's inputs for `stages` elsewhere (see PromptBuilder)."""
+        return PromptBuilder(
+            self.tokenizer.name,
+            self.tokenizer_fingerprint,
+            tuple(stages),
+            self.max_doc_tokens,
+            self.doc_truncation,
+            self.max_chunk_tokens,
+        )
+
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return self.tokenizer.fingerprint()
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
@@ -277,8 +344,8 @@ class LMProgrammer:
 
         return result
 
-    def _doc(self, documents: Sequence[Document]) -> Pending:
-        prompts = doc_prompts(
+    def _doc(self, documents: Sequence[Document], prepared: list[Prompt] | None) -> Pending:
+        prompts = prepared or doc_prompts(
             [d.text for d in documents], self.tokenizer, self.max_doc_tokens, self.doc_truncation
         )
         truncated = [p.truncated for p in prompts]
@@ -343,22 +410,22 @@ class LMProgrammer:
         kept = set(order[:keep_count])
         return [i not in kept for i in range(len(scores))]
 
-    def _chunk(self, documents: Sequence[Document]) -> Pending:
-        per_document = self.chunker([d.text for d in documents])
-        flat = [chunk for chunks in per_document for chunk in chunks]
+    def _chunk(self, documents: Sequence[Document], prepared: list[ChunkInputs] | None) -> Pending:
+        inputs = prepared or chunk_inputs([d.text for d in documents], self.tokenizer, self.chunker)
+        flat = [chunk for chunks, _ in inputs for chunk in chunks]
         grammars = [
             ProgramGrammar(
                 "chunk", c.first_line, c.last_line, chunk_content(c.text), self.deletion_only
             )
             for c in flat
         ]
-        prompts = chunk_prompts(flat, self.tokenizer)
+        prompts = [prompt for _, document_prompts in inputs for prompt in document_prompts]
         pending = self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars)
 
         def result() -> list[Written]:
             outputs = iter(pending())
             written = []
-            for chunks in per_document:
+            for chunks, _ in inputs:
                 results = [next(outputs) for _ in chunks]
                 failures = [str(r) for r in results if isinstance(r, Exception)]
                 if failures:

@@ -83,6 +83,15 @@ def _on_cpu(device: str) -> bool:
     return current_platform.is_cpu()
 
 
+def device_name(device: str, on_cpu: bool) -> str:
+    """The engine's device as runners read it (`cpu`, `cuda`, `cuda:N`): on a GPU, prompts are
+    built in worker processes (`pipeline/overlap.py`), since the engine runs its scheduling in
+    this process and contends with prompt building for the interpreter lock."""
+    if on_cpu:
+        return "cpu"
+    return device if device.startswith("cuda") else "cuda"
+
+
 class VLLMBackend:
     supports_grammars = True
 
@@ -108,7 +117,7 @@ class VLLMBackend:
         eos = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.backend.token_to_id(eos) if eos else None
         self.llm = self._start(name_or_path, on_cpu)
-        self.device = "cpu" if on_cpu else settings.device
+        self.device = device_name(settings.device, on_cpu)
         self.counters = {"requests": 0, "refused_requests": 0}
 
     def _start(self, name_or_path: str, on_cpu: bool) -> Any:
