@@ -1,7 +1,7 @@
 """The openai backend against a real `vllm serve` (vLLM's CPU build), started here as a process
 on a free port: one server with proxkit installed (the exact grammar through `vllm_xargs`), one
 as if without (proxkit's logits processor hidden: the grammar through vLLM's structured
-outputs). Both serve the tests' refining model (`refiner`, trained in the test session).
+outputs). Both serve the tests' refining model (`vllm_refiner`, trained in the test session).
 Skipped where vLLM is not installed.
 
 Greedy programs and keep scores through the server equal the transformers backend's and the
@@ -37,7 +37,7 @@ from proxkit.prompts import chunk_prompts, doc_prompts
 
 from tiny_model import GOOD, SPAM, make_documents
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm")]
 
 # The Llama-2 chat format as proxkit renders it (`prompts.llama2_chat`), for the chat API.
 CHAT_TEMPLATE = (
@@ -139,16 +139,16 @@ class VLLMServer:
 
 
 @pytest.fixture(scope="module")
-def server(refiner, tmp_path_factory):
-    served = VLLMServer(refiner, tmp_path_factory.mktemp("server"))
+def server(vllm_refiner, tmp_path_factory):
+    served = VLLMServer(vllm_refiner, tmp_path_factory.mktemp("server"))
     served.start()
     yield served
     served.kill()
 
 
 @pytest.fixture(scope="module")
-def plain_server(refiner, tmp_path_factory):
-    served = VLLMServer(refiner, tmp_path_factory.mktemp("plain_server"), with_proxkit=False)
+def plain_server(vllm_refiner, tmp_path_factory):
+    served = VLLMServer(vllm_refiner, tmp_path_factory.mktemp("plain_server"), with_proxkit=False)
     served.start()
     yield served
     served.kill()
@@ -191,33 +191,33 @@ def keep_scores(records: list[dict]) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def reference(refiner, tmp_path_factory) -> list[dict]:
+def reference(vllm_refiner, tmp_path_factory) -> list[dict]:
     """Both stages through the transformers backend."""
-    return refine(tmp_path_factory.mktemp("transformers"), refiner, documents())
+    return refine(tmp_path_factory.mktemp("transformers"), vllm_refiner, documents())
 
 
 def test_served_programs_equal_the_transformers_and_offline_vllm_backends(
-    server, refiner, reference, tmp_path
+    server, vllm_refiner, reference, tmp_path
 ):
     served = refine(
-        tmp_path / "served", refiner, documents(), backend="openai", api_base=server.url
+        tmp_path / "served", vllm_refiner, documents(), backend="openai", api_base=server.url
     )
     assert {score < 0.5 for score in keep_scores(reference)} == {True, False}
     assert any(p[3] != "keep_doc()" for p in programs(reference))  # real chunk programs
     assert programs(served) == programs(reference)
     assert keep_scores(served) == pytest.approx(keep_scores(reference), abs=1e-4)
-    offline = refine(tmp_path / "offline", refiner, documents(), backend="vllm")
+    offline = refine(tmp_path / "offline", vllm_refiner, documents(), backend="vllm")
     assert programs(served) == programs(offline)
     assert keep_scores(served) == pytest.approx(keep_scores(offline), abs=1e-4)
 
 
-def test_the_chat_api_writes_the_same_programs(server, refiner, reference, tmp_path):
+def test_the_chat_api_writes_the_same_programs(server, vllm_refiner, reference, tmp_path):
     """The server templates the chat messages itself (here in the Llama-2 format). Doc
     programs are generated (chat gives no exact scores): greedy writes the answer that the
     reference's keep score ranks first, and the kept documents get the same chunk programs."""
     chat = refine(
         tmp_path,
-        refiner,
+        vllm_refiner,
         documents(),
         backend="openai",
         api_base=server.url,
@@ -231,17 +231,17 @@ def test_the_chat_api_writes_the_same_programs(server, refiner, reference, tmp_p
             assert programs([record]) == programs([expected])
 
 
-def test_keep_scores_are_the_models_own_log_probabilities(server, refiner):
+def test_keep_scores_are_the_models_own_log_probabilities(server, vllm_refiner):
     """`logprob_token_ids` gives the exact next-token log-probabilities, not a top-k list:
     equal to the transformers backend's on the same weights, for likely and unlikely tokens."""
     backend = OpenAIBackend(
-        str(refiner), OpenAISettings(api_base=server.url), grammars=True, token_logprobs=True
+        str(vllm_refiner), OpenAISettings(api_base=server.url), grammars=True, token_logprobs=True
     )
     prompts = doc_prompts(list(documents().values()), backend.tokenizer)
     ids = backend.tokenizer.backend.token_to_id
     candidates = [ids("▁keep"), ids("▁drop"), ids("</s>"), 31999]  # and the vocabulary's last
     served = backend.next_token_logprobs(prompts, candidates)
-    local = TransformersBackend(str(refiner)).next_token_logprobs(prompts, candidates)
+    local = TransformersBackend(str(vllm_refiner)).next_token_logprobs(prompts, candidates)
     assert served == [pytest.approx(row, abs=1e-4) for row in local]
 
 
@@ -267,11 +267,11 @@ def outside(grammars: list[ProgramGrammar], completions: list) -> int:
 
 
 @pytest.mark.parametrize("which", ["server", "plain_server"])
-def test_the_grammar_holds_where_the_model_alone_breaks_it(which, refiner, request):
+def test_the_grammar_holds_where_the_model_alone_breaks_it(which, vllm_refiner, request):
     """Through proxkit's processor (`vllm_xargs`) and through vLLM's structured outputs: no
     program outside the grammar, and the same programs as the transformers backend."""
     served = request.getfixturevalue(which)
-    backend = OpenAIBackend(str(refiner), OpenAISettings(api_base=served.url), grammars=True)
+    backend = OpenAIBackend(str(vllm_refiner), OpenAISettings(api_base=served.url), grammars=True)
     assert backend.stats()["grammar"] == (
         "vllm_xargs" if which == "server" else "structured_outputs"
     )
@@ -280,16 +280,16 @@ def test_the_grammar_holds_where_the_model_alone_breaks_it(which, refiner, reque
     constrained = backend.generate(prompts, 64, grammars)
     assert outside(grammars, constrained) == 0
     assert backend.stats()["outside_grammar"] == 0
-    local = TransformersBackend(str(refiner)).generate(prompts, 64, grammars)
+    local = TransformersBackend(str(vllm_refiner)).generate(prompts, 64, grammars)
     assert [c.text.strip() for c in constrained] == [c.text.strip() for c in local]
 
 
-def test_concurrent_requests_come_back_to_their_own_prompts(server, refiner):
+def test_concurrent_requests_come_back_to_their_own_prompts(server, vllm_refiner):
     """32 requests at once (each prompt three times) answer as one at a time do."""
     answers = {}
     for concurrency in (1, 32):
         backend = OpenAIBackend(
-            str(refiner), OpenAISettings(api_base=server.url, max_concurrency=concurrency)
+            str(vllm_refiner), OpenAISettings(api_base=server.url, max_concurrency=concurrency)
         )
         prompts, _ = stress(backend.tokenizer)
         answers[concurrency] = [c.text for c in backend.generate(prompts * 3, 64)]
@@ -298,7 +298,7 @@ def test_concurrent_requests_come_back_to_their_own_prompts(server, refiner):
 
 
 def test_a_server_killed_mid_run_stops_the_run_which_resumes_to_the_same_bytes(
-    plain_server, refiner, tmp_path
+    plain_server, vllm_refiner, tmp_path
 ):
     """`prox refine --backend openai` as a user runs it: the server is killed once a unit is
     done; the run stops in one line, the server comes back on its port, the same command
@@ -324,9 +324,9 @@ def test_a_server_killed_mid_run_stops_the_run_which_resumes_to_the_same_bytes(
             "-o",
             str(output),
             "--doc-programmer",
-            str(refiner),
+            str(vllm_refiner),
             "--chunk-programmer",
-            str(refiner),
+            str(vllm_refiner),
             "--backend",
             "openai",
             "--api-base",
