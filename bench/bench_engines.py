@@ -21,52 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench_serve import start_server
 from benchlib import LLAMA2, distinct_copies, example_records, print_table, write_json
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: str, kv_cache_gib: int) -> tuple[subprocess.Popen, str]:
-    """`vllm serve` on a free local port, in the proxkit environment (so the grammar's logits
-    processor is loaded); returns once it answers /health."""
-    import httpx
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--seed", "0",
-        "--enable-prefix-caching",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"vllm serve exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server, f"http://127.0.0.1:{port}/v1"
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    server.kill()
-    raise RuntimeError("vllm serve did not answer within 15 minutes")
 
 
 def measure(name: str, config, documents, raw_tokens: int, batch_size: int) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from proxkit.program.executor import (
     execute_chunk,
     execute_doc,
 )
-from proxkit.programmers.base import Pending, Programmer, Written, submit
+from proxkit.programmers.base import BackendGone, Pending, Programmer, Written, submit
 from proxkit.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class BatchProcessor:
         rejects = [i for i in items if isinstance(i, Reject)]
         try:
             return self._start(documents, rejects, prepared or {})
+        except BackendGone:
+            raise  # no document is at fault: the run stops, to be resumed
         except Exception as exc:
             fallback = self._one_by_one(documents, exc)
             return Started([], rejects, [], [], [], lambda: [], fallback)
@@ -111,6 +113,8 @@ class BatchProcessor:
     def finish(self, started: Started) -> BatchOutput:
         try:
             output = started.fallback() if started.fallback is not None else self._finish(started)
+        except BackendGone:
+            raise
         except Exception as exc:
             output = self._one_by_one(started.originals, exc)()
         output.rejects[:0] = started.reader_rejects
@@ -138,6 +142,8 @@ class BatchProcessor:
     def _alone(self, document: Document) -> BatchOutput:
         try:
             return self._finish(self._start([document], [], {}))
+        except BackendGone:
+            raise
         except Exception as exc:
             return _rejected(document, exc)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from proxkit.programmers.base import (
     STAGES,
     BackendCannot,
+    BackendGone,
     Programmer,
     ProgrammerError,
     Stage,
@@ -80,7 +81,11 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
         from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
 
         backend = OpenAIBackend(
-            spec, OpenAISettings.from_config(config, config.api_mode), tokenizer=config.tokenizer
+            spec,
+            OpenAISettings.from_config(config, config.api_mode),
+            tokenizer=config.tokenizer,
+            grammars=config.constrained,
+            token_logprobs=config.doc_scoring == "forward",
         )
     elif backend_name == "vllm":
         from proxkit.programmers.vllm import VLLMBackend, VLLMSettings
@@ -166,6 +171,7 @@ def _looks_like_model(spec: str) -> bool:
 __all__ = [
     "STAGES",
     "BackendCannot",
+    "BackendGone",
     "Programmer",
     "ProgrammerError",
     "Stage",

@@ -51,6 +51,11 @@ class BackendCannot(ProgrammerError):
     generation inside the grammar): refused when it is made, never silently ignored."""
 
 
+class BackendGone(RuntimeError):
+    """The model behind a programmer stopped answering (a server or an engine process gone):
+    the run cannot go on. It stops, the finished units stay, and the same command resumes."""
+
+
 Pending = Callable[[], list[Written]]
 """Programs still being written: calling it waits for them."""
 

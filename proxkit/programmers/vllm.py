@@ -123,8 +123,6 @@ class VLLMBackend:
     def _start(self, name_or_path: str, on_cpu: bool) -> Any:
         from vllm import LLM
 
-        from proxkit.programmers.vllm_grammar import ProgramGrammarProcessor
-
         dtype = self.settings.dtype
         if dtype == "auto":
             dtype = "float32" if on_cpu else "bfloat16"
@@ -137,7 +135,7 @@ class VLLMBackend:
                 tensor_parallel_size=self.settings.tensor_parallel,
                 dtype=dtype,
                 enable_prefix_caching=True,
-                logits_processors=[ProgramGrammarProcessor],
+                logits_processors=_grammar_processors(),
                 seed=0,
                 **options,
             )
@@ -175,7 +173,7 @@ class VLLMBackend:
         program."""
         from vllm import SamplingParams
 
-        from proxkit.programmers.vllm_grammar import to_args
+        from proxkit.programmers.server_grammar import to_args
 
         params = [
             SamplingParams(
@@ -231,6 +229,19 @@ class VLLMBackend:
             shutdown = getattr(engine, "shutdown", None) if engine is not None else None
             if shutdown is not None:
                 shutdown()
+
+
+def _grammar_processors() -> list[Any]:
+    """The grammar's logits processor, unless vLLM loads it already from proxkit's
+    `vllm.logits_processors` entry point (a second copy would steer every row twice)."""
+    from importlib.metadata import entry_points
+
+    from proxkit.programmers.vllm_grammar import ProgramGrammarProcessor
+
+    target = f"{ProgramGrammarProcessor.__module__}:{ProgramGrammarProcessor.__qualname__}"
+    if any(e.value == target for e in entry_points(group="vllm.logits_processors")):
+        return []
+    return [ProgramGrammarProcessor]
 
 
 def _engine_message(name: str, exc: Exception) -> str:

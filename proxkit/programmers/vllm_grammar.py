@@ -1,6 +1,6 @@
 """The ProX grammar inside vLLM: a logits processor for vLLM's engine (`vllm.v1` interface).
 
-A request carries its grammar in `SamplingParams.extra_args["prox_grammar"]` (`to_args`:
+A request carries its grammar in `SamplingParams.extra_args["prox_grammar"]` (`server_grammar.to_args`:
 stage, first and last line, chunk text); requests without it are left alone. Each step, for
 every row under a grammar, the model's best token is checked against the automaton and only
 a refused one is replaced by the best allowed token (`grammar.Steering`): exactly what
@@ -9,10 +9,10 @@ row while the model writes valid programs. Rows follow the tokens vLLM really sa
 from each request's live output list. Only greedy requests (temperature 0, proxkit's only
 kind) can be steered this way; a sampled request with a grammar is refused.
 
-proxkit's vLLM backend passes this class to `LLM(logits_processors=[...])`. A `vllm serve` in
-an environment where proxkit is installed loads it too, through the `vllm.logits_processors`
-entry point in pyproject.toml, and requests send the grammar as `vllm_xargs`
-(`openai.py`), so a server keeps the same guarantee as the offline engine.
+vLLM loads this class from the `vllm.logits_processors` entry point in pyproject.toml wherever
+proxkit is installed, `vllm serve` included (requests then send the grammar as `vllm_xargs`,
+`openai.py`, and a server keeps the same guarantee as the offline engine); proxkit's vLLM
+backend passes it to `LLM(logits_processors=[...])` only where the entry point is missing.
 """
 
 from __future__ import annotations
@@ -24,33 +24,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from proxkit.programmers.grammar import ProgramGrammar, State, Steering, TokenTrie
-
-ARGUMENT = "prox_grammar"
-
-
-def to_args(grammar: ProgramGrammar) -> dict[str, Any]:
-    """The request arguments that put `grammar` on a request."""
-    return {
-        ARGUMENT: [
-            grammar.stage,
-            grammar.first_line,
-            grammar.last_line,
-            grammar.text,
-            int(grammar.deletion_only),
-        ]
-    }
-
-
-def from_args(extra_args: dict[str, Any] | None) -> ProgramGrammar | None:
-    value = (extra_args or {}).get(ARGUMENT)
-    if value is None:
-        return None
-    if not (isinstance(value, list) and len(value) == 5 and value[0] in ("doc", "chunk")):
-        raise ValueError(
-            f"{ARGUMENT} must be [stage, first_line, last_line, text, deletion_only], got {value!r}"
-        )
-    stage, first, last, text, deletion_only = value
-    return ProgramGrammar(stage, int(first), int(last), str(text), bool(deletion_only))
+from proxkit.programmers.server_grammar import ARGUMENT, from_args
 
 
 @dataclass
