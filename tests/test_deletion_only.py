@@ -304,7 +304,7 @@ def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
         served, stats = refine_records(
             tmp_path, "openai", pages, doc_programmer="scripted", chunk_programmer="scripted",
             backend="openai", api_base=url, tokenizer=str(llama2_dir), deletion_only=True,
-            thresholds=Thresholds(short_doc_words=3),
+            constrained=False, doc_scoring="generate", thresholds=Thresholds(short_doc_words=3),
         )  # fmt: skip
     finally:
         process.terminate()

@@ -90,7 +90,8 @@ def test_the_check_runs_end_to_end_on_a_cpu_and_writes_its_json(llama2_dir, tmp_
     arguments = [
         "--device", "cpu", "--shape", "tiny", "--raw-tokens", "6000", "--train-steps", "2",
         "--train-batch-size", "2", "--max-chunk-tokens", "256", "--max-doc-tokens", "512",
-        "--warmup-docs", "2", "--batch-size", "8", "--generation", "static",
+        "--warmup-docs", "2", "--batch-size", "8", "--runs", "transformers", "unconstrained",
+        "--reference-rows", "4", "--reference-batch", "2", "--chunk-max-new-tokens", "32",
         "--work", str(tmp_path / "work"),
     ]  # fmt: skip
     done = subprocess.run(
@@ -99,8 +100,14 @@ def test_the_check_runs_end_to_end_on_a_cpu_and_writes_its_json(llama2_dir, tmp_
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert results["phases_done"][-1] == "run static"
-    run = results["runs"]["static"]
+    assert results["phases_done"][-1] == "comparison"
+    decoded = results["decode_loop_vs_generate"]  # fp32 on a CPU: token for token
+    assert decoded["prompts"] == 4 and decoded["dtype"] == "float32"
+    assert decoded["without_grammar"]["identical_outputs"] == 1.0
+    assert decoded["with_grammar"]["identical_outputs"] == 1.0
+    assert set(results["identical_programs"]) == {"transformers vs unconstrained"}
+    run = results["runs"]["transformers"]
+    assert results["runs"]["unconstrained"]["steps_corrected_by_grammar"] == 0
     assert run["documents"] == results["measured_documents"] > 0
     assert run["failures"] == run["rejected"] == run["oom_splits"] == 0
     assert run["raw_tokens_per_second"] > 0 and run["mfu_vs_datasheet_peak"] is None
