@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,16 @@ def measure(name: str, config, documents, raw_tokens: int, batch_size: int) -> d
     records = [r for output in outputs for r in output.records]
     generated = sum(stats.get(s, {}).get("generated_tokens", 0) for s in ("doc", "chunk"))
     failed = sum(output.stats.programmer_failures for output in outputs)
+    reasons = sorted(
+        {
+            info["failed"]
+            for r in records
+            for info in (
+                r["metadata"].get("prox", {}).get(f"{s}_info", {}) for s in ("doc", "chunk")
+            )
+            if "failed" in info
+        }
+    )
     return {
         "engine": name,
         "startup s": round(startup, 1),
@@ -69,6 +80,7 @@ def measure(name: str, config, documents, raw_tokens: int, batch_size: int) -> d
         "failed documents": failed,
         "rejects": sum(len(output.rejects) for output in outputs),
         "grammar corrections": stats.get("model", {}).get("steps_corrected_by_grammar", "-"),
+        "why failed": reasons,
     }
 
 
@@ -80,6 +92,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", help="a refining model folder (default: train one)")
+    parser.add_argument("--keep-model", type=Path, help="where to keep the model it trains")
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--max-chunk-tokens", type=int, default=512)
     parser.add_argument("--max-doc-tokens", type=int, default=1024)
@@ -113,6 +126,8 @@ def main() -> None:
             )  # fmt: skip
             model = str(Path(tmp) / "refiner")
             print(f"trained the small-shape refiner in {time.perf_counter() - start:.0f} s")
+            if args.keep_model:
+                shutil.copytree(model, args.keep_model, dirs_exist_ok=True)
         config = RefineConfig(
             doc_programmer=model,
             chunk_programmer=model,
@@ -131,7 +146,13 @@ def main() -> None:
         same = sum(a == b for a, b in zip(row.pop("programs"), reference))
         row["same programs as " + rows[0]["engine"]] = f"{same}/{len(reference)}"
     print(f"{len(documents)} documents, {raw_tokens:,} raw tokens, {os.cpu_count()} cores")
+    reasons = {row["engine"]: row.pop("why failed") for row in rows}
     print_table(rows, 22)
+    for engine, why in reasons.items():
+        for reason in why:
+            print(f"{engine}: a document failed: {reason}")
+    for row in rows:
+        row["why failed"] = reasons[row["engine"]]
     write_json(args.json, {"documents": len(documents), "raw_tokens": raw_tokens, "runs": rows})
 
 

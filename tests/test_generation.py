@@ -108,6 +108,7 @@ def refine(tmp_path, folder, name: str, **options) -> tuple[bytes, dict]:
         output=str(tmp_path / name),
         doc_programmer=str(folder),
         chunk_programmer=str(folder),
+        backend="transformers",
         chunk_max_new_tokens=48,
         batch_size=8,
         doc_keep_fraction=0.75,  # some documents with spam lines reach the chunk stage

@@ -97,7 +97,12 @@ def test_documents_outside_the_band_pass_unchanged_with_their_own_outcome(tmp_pa
 
 def test_a_model_scores_then_refines_only_inside_the_band(tmp_path, refiner):
     pages = [{"id": f"p{i}", "text": TEXT.replace("river", f"river {i}")} for i in range(6)]
-    model = {"doc_programmer": str(refiner), "chunk_programmer": str(refiner), "device": "cpu"}
+    model = {
+        "doc_programmer": str(refiner),
+        "chunk_programmer": str(refiner),
+        "device": "cpu",
+        "backend": "transformers",
+    }
     model["doc_keep_threshold"] = 0.0  # every page kept: the band alone decides
     scored, _ = refine_records(tmp_path, "scores", pages, **model, stages=("doc",))
     scores = sorted(r["metadata"]["prox"]["doc_info"]["keep_score"] for r in scored)

@@ -164,13 +164,29 @@ def records(output: Path) -> list[dict]:
     return rows
 
 
+def test_auto_takes_vllm_where_it_is_installed_for_the_device():
+    from vllm.platforms import current_platform
+
+    from proxkit.programmers import pick_backend
+
+    assert pick_backend("auto", api_base="http://127.0.0.1:8000/v1") == "openai"
+    assert pick_backend("transformers", "cpu") == "transformers"
+    if current_platform.is_cpu():  # vLLM's CPU build
+        assert pick_backend("auto") == pick_backend("auto", "cpu") == "vllm"
+        assert pick_backend("auto", "cuda") == "transformers"
+    else:
+        assert pick_backend("auto", "cpu") == "transformers"
+
+
 def shard_bytes(output: Path) -> dict[str, bytes]:
     return {p.name: gzip.decompress(p.read_bytes()) for p in sorted(output.glob("part-*"))}
 
 
 def test_refine_runs_one_engine_two_replicas_and_resumes_after_a_kill(vllm_refiner, tmp_path):
     refiner = vllm_refiner
-    hf = refine(tmp_path, refiner, "transformers", "--dtype", "float32")
+    hf = refine(
+        tmp_path, refiner, "transformers", "--backend", "transformers", "--dtype", "float32"
+    )
     finished(hf)
     one = refine(tmp_path, refiner, "vllm", *ENGINE_FLAGS)
     summary = finished(one)

@@ -193,7 +193,9 @@ def keep_scores(records: list[dict]) -> list[float]:
 @pytest.fixture(scope="module")
 def reference(vllm_refiner, tmp_path_factory) -> list[dict]:
     """Both stages through the transformers backend."""
-    return refine(tmp_path_factory.mktemp("transformers"), vllm_refiner, documents())
+    return refine(
+        tmp_path_factory.mktemp("transformers"), vllm_refiner, documents(), backend="transformers"
+    )
 
 
 def test_served_programs_equal_the_transformers_and_offline_vllm_backends(

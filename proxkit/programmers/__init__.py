@@ -135,27 +135,27 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
 
 
 def pick_backend(backend: str, device: str = "auto", api_base: str | None = None) -> str:
-    """`auto`: a server when `--api-base` names one; else vLLM on a CUDA GPU where it is
-    installed (its continuous batching and paged attention beat proxkit's decode loop on
-    GPUs); else transformers. On CPU transformers is picked even beside vLLM's CPU build:
-    measured on 2 cores (bench/bench_engines.py, README), vLLM's engine start-up costs more
-    than its faster decoding saves on a run of this size."""
+    """`auto`: a server when `--api-base` names one; else vLLM where it is installed for the
+    device (its CUDA build on a GPU, its CPU build on a CPU); else transformers. Measured
+    (bench/bench_engines.py, README): vLLM's work is 2.8x proxkit's decode loop on 2 CPU cores
+    and its continuous batching and paged attention win on GPUs; its start-up (about 20 s
+    once its compile cache is warm) is paid back within a few hundred documents."""
     if backend != "auto":
         return backend
     if api_base:
         return "openai"
-    if device == "cpu":
-        return "transformers"
     import importlib.util
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("vllm") is None:
         return "transformers"
-    import torch
+    from vllm.platforms import current_platform
 
-    if torch.cuda.is_available():
-        from vllm.platforms import current_platform
+    if current_platform.is_cpu():
+        return "vllm" if device in ("auto", "cpu") else "transformers"
+    if device != "cpu" and current_platform.is_cuda():
+        import torch
 
-        if current_platform.is_cuda():
+        if torch.cuda.is_available():
             return "vllm"
     return "transformers"
 
