@@ -264,3 +264,43 @@ def test_under_deletion_only_a_random_model_writes_only_deletions(tmp_path, llam
     programs = [parse(complete_lines(g, o.text).strip(" ")) for g, o in zip(grammars, written)]
     assert sum(bool(p.operations) for p in programs) >= 6  # complete lines were written
     assert all(p.errors == () and all(map(is_deletion, p.operations)) for p in programs)
+
+
+def test_the_model_is_never_led_into_a_string_no_program_can_finish():
+    """A normalize source or a cut is started only where it can still end as a new one: a
+    chunk whose "¶" stands before line ends can be normalized once, not begun again (the
+    model that began it would have nowhere to go but the end of its output)."""
+    grammar = ProgramGrammar("chunk", 0, 2, "Intro ¶\nBody text ¶\n")
+    once = grammar.feed(grammar.start(), 'normalize(source_str="¶", target_str="")\n')
+    assert once is not None
+    assert grammar.feed(once, 'normalize(source_str="¶') is None
+    assert grammar.feed(once, 'normalize(source_str=" ¶", target_str="")') is not None
+    cut = grammar.feed(grammar.start(), 'remove_str(line=1, del_str="Body text ¶")\n')
+    assert cut is not None and grammar.feed(cut, 'remove_str(line=1, del_str="Body text ¶') is None
+    assert grammar.feed(cut, "remove_str(line=2") is None  # an empty line takes no cut
+    single = ProgramGrammar("chunk", 0, 0, "¶")
+    written = 'remove_lines(line_start=0, line_end=0)\nnormalize(source_str="¶", target_str="x")'
+    done = single.feed(single.start(), written)
+    assert single.accepts(done) and single.feed(done, "\n") is None  # nothing left to write
+
+
+@given(
+    st.lists(st.text(st.sampled_from(list('ab¶ "\\')), max_size=6), min_size=1, max_size=4),
+    st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_every_prefix_the_grammar_allows_can_be_finished(lines, random):
+    """A random walk through the characters the automaton allows never reaches a state from
+    which no program ends (a dead end), with cuts and sources written over and over."""
+    grammar = ProgramGrammar("chunk", 3, 3 + len(lines) - 1, "\n".join(lines))
+    state = grammar.start()
+    for _ in range(400):
+        options = grammar.next_chars(state)
+        if options is None:  # a normalize target: any character but the forbidden ones
+            options = 'xa"'
+        moves = [(c, grammar._step(state, c)) for c in options]
+        moves = [(c, after) for c, after in moves if after is not None]
+        assert moves or grammar.accepts(state), state
+        if not moves or (grammar.accepts(state) and random.random() < 0.05):
+            break
+        _, state = random.choice(moves)

@@ -77,6 +77,11 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
 
     config = config or RefineConfig()
     backend_name = pick_backend(config.backend, config.device, config.api_base)
+    if backend_name != "openai" and not _looks_like_model(spec):
+        raise UnknownProgrammer(
+            f"unknown programmer {spec!r}: use 'rules' (heuristics, no model), 'stored' "
+            "(programs already in the records), or a model folder / Hub id (owner/name)"
+        )
     if backend_name == "openai":
         from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
 
@@ -104,11 +109,6 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
     else:
         from proxkit.programmers.hf import HFSettings, TransformersBackend
 
-        if not _looks_like_model(spec):
-            raise UnknownProgrammer(
-                f"unknown programmer {spec!r}: use 'rules' (heuristics, no model), 'stored' "
-                "(programs already in the records), or a model folder / Hub id (owner/name)"
-            )
         backend = TransformersBackend(
             spec,
             HFSettings(

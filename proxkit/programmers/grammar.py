@@ -37,13 +37,18 @@ have steered it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from proxkit.program.ops import unique_position
 
-HEADS = ("keep_doc()", "remove_lines(line_start=", 'normalize(source_str="', "remove_str(line=")
+HEADS = (
+    "keep_doc()",
+    "remove_lines(line_start=",
+    'normalize(source_str="',
+    "remove_str(line=",
+)
 CUT_MIDDLE = ', del_str="'
 TARGET = '", target_str="'
 DOC_ANSWERS = ("keep_doc()", "drop_doc()")
@@ -140,7 +145,11 @@ class ProgramGrammar:
         line (a quote or backslash escaped), and the closing quote once it occurs there
         exactly once and is a new cut."""
         line = self.lines[state.number - self.first_line]
-        chars = set(_following(state.text, line)) - {"\n"}
+        chars = {
+            c
+            for c in set(_following(state.text, line)) - {"\n"}
+            if self._cut_open(state.number, state.text + c, state.used)
+        }
         if state.kind == "cut_escape":
             return "".join(chars & ESCAPED)
         if chars & ESCAPED:
@@ -154,7 +163,11 @@ class ProgramGrammar:
         """What can follow a normalize source so far: the characters after its occurrences in
         the chunk, and the closing quote once it is a new, non-empty source."""
         source = state.text
-        chars = set(_following(source, self.text)) - FORBIDDEN_IN_STRINGS
+        chars = {
+            c
+            for c in set(_following(source, self.text)) - FORBIDDEN_IN_STRINGS
+            if self._source_open(source + c, state.used)
+        }
         if source and source not in state.used:
             chars.add('"')
         return "".join(chars)
@@ -164,9 +177,43 @@ class ProgramGrammar:
             return DOC_ANSWERS
         heads = [] if state.written else ["keep_doc()"]
         if state.floor <= self.last_line:
-            heads += [HEADS[1], HEADS[3]]
-        heads.append(HEADS[2])
+            heads.append(HEADS[1])
+            if self._cut_lines("", state.floor, state.used):
+                heads.append(HEADS[3])
+        if self._source_open("", state.used):
+            heads.append(HEADS[2])
         return tuple(heads)
+
+    # A string may only be started or grown where it can still be finished, so the automaton
+    # has no dead ends: a model can never be led into a prefix no program completes (a
+    # normalize source whose every extension is written already, a line whose cuts are).
+
+    def _source_open(self, piece: str, used: frozenset) -> bool:
+        """Whether `piece` can grow into a new normalize source: a non-empty string of the
+        chunk without quote, backslash or newline, not written before."""
+        return _open(
+            piece,
+            lambda p: p not in used,
+            lambda p: set(_following(p, self.text)) - FORBIDDEN_IN_STRINGS,
+        )
+
+    def _cut_open(self, number: int, piece: str, used: frozenset) -> bool:
+        """Whether `piece` can grow into a new cut of line `number`: a non-empty string that
+        occurs exactly once in the line, not cut before."""
+        line = self.lines[number - self.first_line]
+        return _open(
+            piece,
+            lambda p: (number, p) not in used and unique_position(p, line) is not None,
+            lambda p: set(_following(p, line)) - {"\n"},
+        )
+
+    def _cut_lines(self, digits: str, floor: int, used: frozenset) -> bool:
+        """Whether a line at `floor` or later whose number starts with `digits` can still take
+        a new cut."""
+        return any(
+            str(number).startswith(digits) and self._cut_open(number, "", used)
+            for number in range(max(floor, self.first_line), self.last_line + 1)
+        )
 
     def _number_ok(self, digits: str, low: int) -> bool:
         """Can `digits` still grow into a number in [low, last_line]?"""
@@ -215,9 +262,15 @@ class ProgramGrammar:
         if kind == "cut_num":
             digits = state.text + char
             if char in DIGITS and self._number_ok(digits, state.floor):
-                return state._replace(text=digits)
+                return (
+                    state._replace(text=digits)
+                    if self._cut_lines(digits, state.floor, state.used)
+                    else None
+                )
             if char == "," and state.text and int(state.text) >= state.floor:
-                return state._replace(kind="cut_mid", text=",", number=int(state.text))
+                number = int(state.text)
+                if number <= self.last_line and self._cut_open(number, "", state.used):
+                    return state._replace(kind="cut_mid", text=",", number=number)
             return None
         if kind == "cut_mid":
             prefix = state.text + char
@@ -236,7 +289,9 @@ class ProgramGrammar:
             if (char in ESCAPED) != (kind == "cut_escape") or char == "\n":
                 return None
             cut = state.text + char
-            return state._replace(kind="cut_text", text=cut) if cut in line else None
+            if cut in line and self._cut_open(state.number, cut, state.used):
+                return state._replace(kind="cut_text", text=cut)
+            return None
         if kind == "end_num":
             digits = state.text + char
             if char in DIGITS and self._number_ok(digits, state.number):
@@ -253,7 +308,9 @@ class ProgramGrammar:
             if char in FORBIDDEN_IN_STRINGS:
                 return None
             source = state.text + char
-            return state._replace(text=source) if source in self.text else None
+            if source in self.text and self._source_open(source, state.used):
+                return state._replace(text=source)
+            return None
         if kind == "between":
             prefix = state.text + char
             if prefix == TARGET:
@@ -272,8 +329,22 @@ class ProgramGrammar:
         if kind in ("end", "final", "trail") and char == " ":
             return state._replace(kind="trail", text="")  # spaces before the end of the answer
         if kind == "end" and char == "\n":
-            return state._replace(kind="head", text="")
+            head = state._replace(kind="head", text="")
+            return head if self._heads(head) else None  # nothing can be written on a new line
         return None  # nothing but spaces may follow keep_doc() / drop_doc()
+
+
+def _open(piece: str, done: Callable[[str], bool], following: Callable[[str], set]) -> bool:
+    """Whether `piece` or a string it grows into (one character at a time, by `following`)
+    is non-empty and `done`. Only strings that are not done are grown, and those are the
+    strings written before or occurring more than once: few."""
+    pending = [piece]
+    while pending:
+        candidate = pending.pop()
+        if candidate and done(candidate):
+            return True
+        pending += [candidate + c for c in following(candidate)]
+    return False
 
 
 def _embedded(state: State) -> int:
