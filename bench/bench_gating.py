@@ -36,6 +36,7 @@ def refine(folder: Path, name: str, corpus: Path, models: tuple[Path, Path], **o
         output=str(folder / name),
         doc_programmer=str(models[0]),
         chunk_programmer=str(models[1]),
+        backend="transformers",  # the tiny shape: vLLM's CPU attention takes heads of 32 or more
         device="cpu",
         output_format="jsonl",
         **options,

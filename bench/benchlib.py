@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,31 @@ def distinct_copies(records: list[dict[str, Any]], copies: int) -> list[dict[str
         for k in range(copies)
         for record in records
     ]
+
+
+def build_corpus(path: Path, raw_tokens: int, tokenizer) -> tuple[int, int]:
+    """Distinct copies of the example corpus as JSONL (gzipped when `path` ends in .gz), cut
+    once `raw_tokens` tokens of text are written: (documents, raw tokens of those written)."""
+    base = example_records()
+    per_copy = sum(
+        len(e)
+        for e in tokenizer.encode_batch_fast([r["text"] for r in base], add_special_tokens=False)
+    )
+    records = distinct_copies(base, max(1, math.ceil(raw_tokens / per_copy)))
+    opener = gzip.open if path.suffix == ".gz" else open
+    written = counted = 0
+    with opener(path, "wt", encoding="utf-8") as out:
+        for start in range(0, len(records), 256):
+            batch = records[start : start + 256]
+            texts = [r["text"] for r in batch]
+            for record, encoding in zip(
+                batch, tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            ):
+                if counted >= raw_tokens:
+                    return written, counted
+                out.write(json.dumps(record) + "\n")
+                written, counted = written + 1, counted + len(encoding)
+    return written, counted
 
 
 def write_copies(path: Path, copies: int) -> tuple[int, float]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from proxkit.linecount import LineCounter
+from proxkit.linecount import LineCounter, WordTokens
 
 DEFAULT_CHUNK_TOKENS = 1500
 
@@ -62,11 +62,17 @@ def pack(token_counts: Sequence[int], max_tokens: int = DEFAULT_CHUNK_TOKENS) ->
 
 class Chunker:
     """Chunks documents exactly as the reference does. Keeps a `LineCounter`, whose cache of
-    word counts makes later batches faster; reuse one Chunker for a whole run."""
+    word ids makes later batches faster; reuse one Chunker for a whole run (`words`: a cache
+    shared with prompt building, `TokenizerInfo.words`)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int = DEFAULT_CHUNK_TOKENS) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        max_tokens: int = DEFAULT_CHUNK_TOKENS,
+        words: WordTokens | None = None,
+    ) -> None:
         self.max_tokens = max_tokens
-        self.counter = LineCounter(tokenizer)
+        self.counter = LineCounter(tokenizer, words)
 
     def __call__(self, texts: Sequence[str]) -> list[list[Chunk]]:
         """Chunks for every document; an empty document has no chunks (the reference skips it)."""

@@ -29,7 +29,7 @@ from proxkit.pipeline.lock import OutputLocked
 from proxkit.pipeline.replicas import ReplicaFailed
 from proxkit.pipeline.run import OutputExists, RunPaths, resume_hint, run
 from proxkit.pipeline.units import ResumeRefused
-from proxkit.programmers import UnknownProgrammer
+from proxkit.programmers import BackendGone, ProgrammerError
 from proxkit.programmers.hf import ModelNotFound
 from proxkit.synth.annotate import AnnotateConfig
 from proxkit.synth.sft import SFTConfig
@@ -58,7 +58,7 @@ ConfigFile = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 # What the user named and is not there: a file, a programmer, a model, a tokenizer.
-SETUP_ERRORS = (FileNotFoundError, UnknownProgrammer, ModelNotFound, TokenizerNotFound)
+SETUP_ERRORS = (FileNotFoundError, ProgrammerError, ModelNotFound, TokenizerNotFound)
 
 
 def _alert(label: str, message: str) -> None:
@@ -110,6 +110,8 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
         _fail(str(exc), code=1)
     except (OutputExists, ResumeRefused, ConfigError, *SETUP_ERRORS) as exc:
         _fail(str(exc))
+    except BackendGone as exc:
+        _fail(f"{exc}; {resume_hint(config)}", code=1)
     except OSError as exc:  # reading errors become rejects; this is the output failing
         _fail(
             f"could not write the output ({exc}); the file being written was not marked "

@@ -159,6 +159,12 @@ class RefineConfig:
     )
     batch_size: int = option(256, "Documents per batch.", INPUT_OUTPUT)
     workers: int = option(0, "Worker processes for CPU work (0: one per core).", SCALING)
+    prompt_workers: int | None = option(
+        None,
+        "Model runs: processes that build prompts ahead of the model (default: with the model "
+        "on a GPU one per core but two, at most 8; none on CPU).",
+        SCALING,
+    )
     limit: int | None = option(None, "Stop after this many documents.", INPUT_OUTPUT)
     overwrite: bool = option(False, "Replace results already in the output.")
     engine: str = option(
@@ -198,9 +204,10 @@ class RefineConfig:
         PROMPTS,
     )
     backend: str = option(
-        "transformers",
-        "How model programmers run: transformers (CPU/GPU), vllm (GPU, extra [vllm]) or openai "
-        "(any OpenAI-compatible server).",
+        "auto",
+        "How model programmers run: auto (openai with --api-base; else vllm where it is "
+        "installed for the device; else transformers), transformers (CPU/GPU), vllm (GPU: "
+        "extra [vllm]; CPU: extra [vllm-cpu]) or openai (any OpenAI-compatible server).",
         BACKENDS,
     )
     doc_scoring: str = option(
@@ -211,8 +218,8 @@ class RefineConfig:
     )
     constrained: bool = option(
         True,
-        "transformers backend: generation can only write valid programs (grammar-constrained "
-        "decoding).",
+        "Generation can only write valid programs (grammar-constrained decoding), on every "
+        "backend; a backend that cannot is refused at start-up.",
         PROGRAMMERS,
         flag="--constrained/--no-constrained",
     )
@@ -230,31 +237,20 @@ class RefineConfig:
     chunk_max_new_tokens: int = option(
         256, "Token limit of a generated chunk-level program (the reference's 256).", PROGRAMMERS
     )
-    device: str = option("auto", "transformers backend: auto, cpu, cuda, cuda:1.", BACKENDS)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 (transformers and vllm).", BACKENDS)
     dtype: str = option(
         "auto",
         "Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.",
         BACKENDS,
     )
     batch_tokens: int = option(
-        16_384,
-        "Prompt tokens per forward batch, padding included (continuous batching: tokens per step).",
+        0,
+        "Prompt tokens per forward batch, padding included (0: from the GPU's free memory and "
+        "the model's shape; 16384 on CPU).",
         BATCHING,
     )
     max_batch_size: int = option(
-        64, "Sequences per batch (continuous batching: per step).", BATCHING
-    )
-    generation: str = option(
-        "auto",
-        "'continuous' (continuous batching: a finished output frees its slot at once), "
-        "'static' (padded batches), or 'auto' (continuous on a GPU, static on CPU, where it "
-        "measured faster).",
-        BATCHING,
-    )
-    kv_cache_tokens: int = option(
-        0,
-        "Continuous batching: KV cache size in tokens (0: from free GPU memory; 65536 on CPU).",
-        BATCHING,
+        0, "Sequences per batch (0: from the GPU's free memory; 64 on CPU).", BATCHING
     )
     replicas: tuple[str, ...] = option(  # one model process per device
         (),
@@ -273,14 +269,18 @@ class RefineConfig:
     threads: int = option(
         0, "torch CPU threads per model (0: all cores, shared among CPU replicas).", BACKENDS
     )
-    compile_model: bool = option(
-        False,
-        "transformers backend: torch.compile the one-pass doc scoring (fuses the small "
-        "element-wise kernels; pays off on GPUs and long runs).",
+    compile_model: bool | None = option(
+        None,
+        "torch.compile: transformers, the one-pass doc scoring (fuses the small element-wise "
+        "kernels; pays off on GPUs and long runs; off by default); vllm, the whole model with "
+        "CUDA graphs (on by default; --no-compile starts the engine in seconds).",
         BACKENDS,
         flag="--compile/--no-compile",
     )
     tensor_parallel: int = option(1, "vllm backend: GPUs per model.", BACKENDS)
+    kv_cache_gib: int = option(
+        4, "vllm backend on CPU: KV cache size in GiB (GPUs size it from free memory).", BACKENDS
+    )
     api_base: str | None = option(
         None, "openai backend: the server's base URL, e.g. http://127.0.0.1:8000/v1.", SERVERS
     )
@@ -305,8 +305,10 @@ class RefineConfig:
             raise ConfigError(f"stages must be a non-empty subset of {STAGES}, got {self.stages!r}")
         if self.doc_truncation not in ("document", "reference"):
             raise ConfigError("doc_truncation must be 'document' or 'reference'")
-        if self.backend not in ("transformers", "vllm", "openai"):
-            raise ConfigError(f"backend must be transformers, vllm or openai, got {self.backend!r}")
+        if self.backend not in ("auto", "transformers", "vllm", "openai"):
+            raise ConfigError(
+                f"backend must be auto, transformers, vllm or openai, got {self.backend!r}"
+            )
         if self.doc_scoring not in ("forward", "generate"):
             raise ConfigError("doc_scoring must be 'forward' or 'generate'")
         if self.doc_keep_fraction is not None and not 0 <= self.doc_keep_fraction <= 1:
@@ -319,15 +321,15 @@ class RefineConfig:
             )
         if self.batch_size < 1 or self.workers < 0 or (self.limit is not None and self.limit < 0):
             raise ConfigError("batch_size must be >= 1, workers >= 0, limit >= 0")
-        if self.generation not in ("auto", "continuous", "static"):
-            raise ConfigError(
-                f"generation must be auto, continuous or static, got {self.generation!r}"
-            )
+        if self.prompt_workers is not None and self.prompt_workers < 0:
+            raise ConfigError("prompt_workers must be >= 0")
         bad = [d for d in self.replicas if not re.fullmatch(r"cpu|cuda(:\d+)?", d)]
         if bad:
             raise ConfigError(f"replicas are devices such as cuda:0 or cpu, got {bad[0]!r}")
-        if self.max_batch_size < 1 or self.kv_cache_tokens < 0 or self.threads < 0:
-            raise ConfigError("max_batch_size must be >= 1, kv_cache_tokens >= 0, threads >= 0")
+        if min(self.batch_tokens, self.max_batch_size, self.threads) < 0 or self.kv_cache_gib < 1:
+            raise ConfigError(
+                "batch_tokens, max_batch_size and threads must be >= 0, kv_cache_gib >= 1"
+            )
         if self.chunk_score_range is not None:
             try:
                 band = score_range(self.chunk_score_range)

@@ -12,9 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from proxkit.linecount import WordTokens
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -38,6 +43,14 @@ class TokenizerInfo:
     bos_token: str | None = None
     eos_token: str | None = None
     chat_template: str | None = None
+
+    @cached_property
+    def words(self) -> WordTokens:
+        """Word-by-word ids and counts, cached (`linecount.WordTokens`): built on first use and
+        shared by everything that tokenizes with this tokenizer."""
+        from proxkit.linecount import WordTokens
+
+        return WordTokens(self.backend)
 
     def fingerprint(self) -> str:
         """Identifies the vocabulary, merges, special tokens and chat format: two tokenizers

@@ -5,7 +5,7 @@ addopts), so what is costly to make is made once per run and shared by every wor
 - `tiny_tokenizer_dir`: a small BPE tokenizer trained on the fly.
 - `tiny_model(steps, chunk_level=False)`: the folder of a tiny Llama refining model trained at
   test time (tests/tiny_model.py), one per (steps, chunk_level); `refiner` is the one trained for
-  both stages (200 steps).
+  both stages (200 steps), `vllm_refiner` the same with heads vLLM's CPU attention takes.
 - `example_output`: the shipped example corpus refined by the rule programmer (`prox refine
   examples/web_docs.jsonl.gz --doc-programmer rules --chunk-programmer rules`), a run folder.
 - `built_once(tmp_path_factory, name, build)`: the helper behind them, for your own: `build(folder)`
@@ -96,6 +96,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, llama2_dir: Path):
 def refiner(tiny_model) -> Path:
     """A tiny refining model trained for both stages (tests/tiny_model.py), saved as a folder."""
     return tiny_model(200, chunk_level=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_refiner(tmp_path_factory: pytest.TempPathFactory, llama2_dir: Path) -> Path:
+    """`refiner` with heads of 32 dimensions, the smallest vLLM's CPU attention takes."""
+    pytest.importorskip("torch")
+    from proxkit.testing import TINY_VLLM
+
+    from tiny_model import build_tiny_model
+
+    def build(folder: Path) -> None:
+        build_tiny_model(folder, llama2_dir, steps=200, chunk_level=True, shape=TINY_VLLM)
+
+    return built_once(tmp_path_factory, "tiny-vllm-refiner", build)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
 """A real OpenAI-compatible completions server for the tests, with faults on demand.
 
-    python tests/openai_server.py [--model FOLDER | --teacher]   # prints "READY <port>"
+    python tests/openai_server.py [--model FOLDER | --teacher] [--port N]   # prints "READY <port>"
 
 It serves POST /v1/completions and /v1/chat/completions (the user message is the prompt).
 
 Without --model it answers like a scripted refining model: doc prompts get drop_doc() when the
 document holds "SPAM", else keep_doc(); chunk prompts get remove_lines() for numbered lines
 holding "MENU" and normalize("&nbsp;", " ") where the chunk holds "&nbsp;", else keep_doc().
-With --teacher it answers as a scripted teacher (`teacher`). With --model it serves a local causal LM through the
-transformers backend, so real model outputs cross the real API.
+It reads no grammar and no log-probability request (like a server without them, it ignores
+fields it does not know). With --teacher it answers as a scripted teacher (`teacher`). With
+--model it serves a local causal LM through the transformers backend, so real model outputs
+cross the real API, and takes what a vLLM server with proxkit installed takes: the ProX
+grammar in `vllm_xargs` (greedy only, as proxkit's logits processor), and `logprob_token_ids`
+on token-id prompts.
 
 Faults are asked for by markers in the prompt, counted per distinct prompt:
   FAULT:500xN     the first N requests get HTTP 500        FAULT:always500  every request does
@@ -29,7 +33,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from proxkit.prompts import llama2_chat
+from proxkit.programmers.server_grammar import ARGUMENT, from_args
+from proxkit.prompts import Prompt, llama2_chat
 
 FAULT = re.compile(r"FAULT:(500|drop|garbage|slow)x(\d+)|FAULT:(always500|400)")
 
@@ -106,20 +111,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="serve this local model instead of the script")
     parser.add_argument("--teacher", action="store_true", help="answer as a scripted teacher")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
     args = parser.parse_args()
     answer = scripted
     if args.model:
         from proxkit.programmers.hf import TransformersBackend
-        from proxkit.prompts import Prompt
 
         backend = TransformersBackend(args.model)
-        lock = threading.Lock()
+        model_lock = threading.Lock()
 
-        def answer(prompt: str, max_tokens: int = 16) -> tuple[str, int, bool]:  # type: ignore[misc]
+        def answer(  # type: ignore[misc]
+            prompt: str, max_tokens: int = 16, grammar=None
+        ) -> tuple[str, int, bool]:
             ids = backend.tokenizer.backend.encode(prompt).ids  # the server adds BOS
-            with lock:
-                done = backend.generate([Prompt(prompt, tuple(ids))], max_tokens)[0]
+            grammars = [grammar] if grammar is not None else None
+            with model_lock:
+                done = backend.generate([Prompt(prompt, tuple(ids))], max_tokens, grammars)[0]
             return done.text, done.tokens, done.hit_limit
+
+        def logprobs(token_ids: list[int], candidates: list[int]) -> dict[str, float]:
+            with model_lock:
+                [values] = backend.next_token_logprobs([Prompt("", tuple(token_ids))], candidates)
+            return {f"token_id:{c}": v for c, v in zip(candidates, values)}
 
     attempts: Counter[str] = Counter()
     totals = {"requests": 0}
@@ -153,6 +166,8 @@ def main() -> None:
             request = json.loads(self.rfile.read(length))
             chat = self.path.endswith("/chat/completions")
             prompt = request["messages"][-1]["content"] if chat else request["prompt"]
+            if not isinstance(prompt, str):  # token ids: counted and searched as their JSON
+                prompt = json.dumps(prompt)
             with lock:
                 totals["requests"] += 1
                 attempts[prompt] += 1
@@ -172,11 +187,20 @@ def main() -> None:
                     return self._send(200, b"<html>502 from a proxy", "text/html")
                 if kind == "slow" and attempt <= times:
                     time.sleep(4)
+            if args.model:
+                grammar = from_args(request.get("vllm_xargs"))
+                if grammar is not None and request.get("temperature", 1.0) > 0:
+                    message = f"{ARGUMENT} steers greedy decoding only (temperature 0)"
+                    return self._send(400, json.dumps({"error": {"message": message}}).encode())
+                if request.get("logprob_token_ids"):
+                    scores = logprobs(json.loads(prompt), request["logprob_token_ids"])
+                    body = {"choices": [{"text": "", "logprobs": {"top_logprobs": [scores]}}]}
+                    return self._send(200, json.dumps(body).encode())
             if args.teacher:
                 text, tokens, cut = teacher(request["messages"]), 0, False
             elif args.model:
                 templated = llama2_chat(prompt).removeprefix("<s>") if chat else prompt
-                text, tokens, cut = answer(templated, request.get("max_tokens", 16))
+                text, tokens, cut = answer(templated, request.get("max_tokens", 16), grammar)
             else:
                 text = answer(prompt)
                 tokens, cut = len(text.split("(")), False  # a stand-in count for the script
@@ -198,7 +222,7 @@ def main() -> None:
             }
             return self._send(200, json.dumps(body).encode())
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"READY {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

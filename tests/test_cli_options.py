@@ -155,7 +155,6 @@ def _non_default(item: options.Declared) -> Any:
         "engine": "ray",
         "doc_scoring": "generate",
         "doc_truncation": "reference",
-        "generation": "static",
         "api_mode": "chat",
         "inputs": ("a.jsonl", "b.jsonl"),
         "ids": ("x", "y"),
@@ -170,7 +169,10 @@ def _non_default(item: options.Declared) -> Any:
     if isinstance(default, (int, float)):
         return default + (1 if isinstance(default, int) else 0.25)
     if default is None:
-        return 0.25 if "float" in str(item.kind) else 5 if "int" in str(item.kind) else "given"
+        kind = str(item.kind)
+        return (
+            True if "bool" in kind else 0.25 if "float" in kind else 5 if "int" in kind else "given"
+        )
     return f"given-{default}"
 
 

@@ -304,7 +304,7 @@ def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
         served, stats = refine_records(
             tmp_path, "openai", pages, doc_programmer="scripted", chunk_programmer="scripted",
             backend="openai", api_base=url, tokenizer=str(llama2_dir), deletion_only=True,
-            thresholds=Thresholds(short_doc_words=3),
+            constrained=False, doc_scoring="generate", thresholds=Thresholds(short_doc_words=3),
         )  # fmt: skip
     finally:
         process.terminate()
@@ -313,7 +313,7 @@ def test_model_programmers_under_deletion_only(tmp_path, refiner, llama2_dir):
     assert all("MENU" not in r["text"] and "&nbsp;" in r["text"] for r in served)
     local, _ = refine_records(
         tmp_path, "local", pages, doc_programmer=str(refiner), chunk_programmer=str(refiner),
-        device="cpu", chunk_max_new_tokens=24, deletion_only=True,
+        backend="transformers", device="cpu", chunk_max_new_tokens=24, deletion_only=True,
     )  # fmt: skip
     assert subsequences(local) and len(local) == 4
 

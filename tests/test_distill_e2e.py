@@ -152,7 +152,7 @@ def test_annotate_sft_train_evaluate_refine(teacher, llama2_dir, tmp_path):
     assert report["validation_loss_after"] < report["validation_loss_before"] * 0.5
 
     settings = tmp_path / "settings.yaml"
-    settings.write_text("chunk_max_new_tokens: 24\ndevice: cpu\n")
+    settings.write_text("chunk_max_new_tokens: 24\ndevice: cpu\nbackend: transformers\n")
     evaluation = tmp_path / "evaluation.json"
     prox("evaluate", str(sft / "heldout.jsonl"), "--programmer", str(trained), "--config", str(settings), "--json", str(evaluation))  # fmt: skip
     scores = json.loads(evaluation.read_text())
@@ -222,6 +222,7 @@ def test_clean_mode_annotate_sft_train_evaluate(teacher, llama2_dir, tmp_path):
     )  # fmt: skip
     assert report["validation_loss_after"] < report["validation_loss_before"]
     settings = {"chunk_max_new_tokens": 24, "device": "cpu", "deletion_only": True}
+    settings["backend"] = "transformers"
     model = str(tmp_path / "trained")
     scores = evaluate(
         str(sft / "heldout.jsonl"),

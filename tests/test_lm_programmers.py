@@ -23,6 +23,8 @@ from tiny_model import make_documents
 
 # Exact comparisons need fp32 (the default on a GPU is bfloat16).
 FP32 = HFSettings(dtype="float32")
+# The transformers backend by name (`auto` takes vLLM where it is installed).
+TRANSFORMERS = RefineConfig(backend="transformers")
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +108,7 @@ def test_refine_with_a_model_folder(trained_model, tmp_path):
         output=str(tmp_path / "out"),
         doc_programmer=str(trained_model),
         chunk_programmer=str(trained_model),
+        backend="transformers",
         chunk_max_new_tokens=8,
         output_format="jsonl",
     )
@@ -149,6 +152,6 @@ def test_program_cache_sends_each_distinct_prompt_once(trained_model):
 
 def test_a_missing_model_says_how_to_pass_a_local_folder_or_use_rules(tmp_path):
     with pytest.raises(ModelNotFound, match=r"pass its local folder.*--doc-programmer rules"):
-        make_programmer("gair-prox/web-doc-refining-lm", RefineConfig())
+        make_programmer("gair-prox/web-doc-refining-lm", TRANSFORMERS)
     with pytest.raises(ModelNotFound):
-        make_programmer(str(tmp_path), RefineConfig())  # a folder without a model
+        make_programmer(str(tmp_path), TRANSFORMERS)  # a folder without a model

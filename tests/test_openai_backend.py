@@ -4,6 +4,9 @@ faults: slow answers, 500s, cut connections, garbage bodies, client errors."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -75,7 +78,11 @@ def test_refine_through_a_server_that_misbehaves(server, tmp_path, llama2_dir, a
         "always-failing": page("FAULT:always500"),
         "bad-request": page("FAULT:400"),
     }
-    records, stats = refine(tmp_path, server, docs, api_mode=api_mode)
+    # The scripted server keeps no grammar and gives no log-probabilities: this test is about
+    # faults, so it asks for neither (a server is refused at start-up if it is asked).
+    records, stats = refine(
+        tmp_path, server, docs, api_mode=api_mode, constrained=False, doc_scoring="generate"
+    )
     by_id = {r["id"]: r for r in records}
     assert list(by_id) == list(docs)  # every document, in order
     for name in ("plain", "twice", "flaky500", "dropped-connection", "garbage-body", "slow"):
@@ -122,3 +129,111 @@ def test_a_real_model_behind_the_api(tmp_path, tiny_model, request):
     assert [r["metadata"]["doc_program"] for r in records] == [
         "keep_doc()" if k else "drop_doc()" for _, k in pairs
     ]
+
+
+def cli(inputs: Path, output: Path, url: str, *extra: str) -> subprocess.CompletedProcess:
+    """`prox refine` through the openai backend, as a user runs it."""
+    command = cli_command(inputs, output, url, *extra)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def cli_command(inputs: Path, output: Path, url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "proxkit.cli",
+        "refine",
+        str(inputs),
+        "-o",
+        str(output),
+        "--doc-programmer",
+        "scripted-refiner",
+        "--chunk-programmer",
+        "scripted-refiner",
+        "--backend",
+        "openai",
+        "--api-base",
+        url,
+        "--tokenizer",
+        str(LLAMA2),
+        "--max-retries",
+        "2",
+        "-q",
+        *extra,
+    ]
+
+
+def test_a_server_that_cannot_keep_a_promise_is_refused_at_start_up(server, tmp_path, llama2_dir):
+    """The scripted server ignores grammars and log-probability requests, as many servers
+    do: each promise the run makes is refused in one line before anything is written."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": page()}) + "\n")
+    grammar = cli(source, tmp_path / "out", server)
+    assert grammar.returncode == 2
+    [line] = grammar.stderr.strip().splitlines()
+    assert line.startswith("error: --constrained: the server at ")
+    for way in (
+        "vllm_xargs: not read by the server",
+        "structured_outputs: ignored",
+        "ebnf: ignored",
+    ):
+        assert way in line
+    assert "--no-constrained" in line
+    scoring = cli(source, tmp_path / "out", server, "--no-constrained")
+    assert scoring.returncode == 2
+    [line] = scoring.stderr.strip().splitlines()
+    assert "--doc-scoring forward" in line and "logprob_token_ids" in line
+    assert line.endswith("use --doc-scoring generate")
+    assert not list((tmp_path / "out").glob("part-*"))  # nothing written
+    done = cli(source, tmp_path / "out", server, "--no-constrained", "--doc-scoring", "generate")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_server_killed_mid_run_stops_the_run_which_resumes_to_the_same_bytes(
+    tmp_path, llama2_dir
+):
+    """Killed between units, the server leaves no document unrefined: the run stops with one
+    line, and once the server is back the same command finishes it, byte for byte as a run
+    that was never stopped."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for part in range(4):
+        # The later files answer slowly, so the server can be killed while they are written.
+        marker = "FAULT:slowx1" if part else ""
+        lines = [
+            json.dumps({"id": f"{part}.{i}", "text": page(f"{marker} {part}.{i}")})
+            for i in range(3)
+        ]
+        (corpus / f"part{part}.jsonl").write_text("\n".join(lines) + "\n")
+    options = ("--no-constrained", "--doc-scoring", "generate", "--request-timeout", "30")
+    process, url = start_server()
+    try:
+        assert cli(corpus, tmp_path / "whole", url, *options).returncode == 0
+        port = url.split(":")[2].split("/")[0]
+        process.kill()
+        process.wait(timeout=10)
+        process, url = start_server("--port", port)  # the slow answers are slow again
+        command = cli_command(corpus, tmp_path / "out", url, *options)
+        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        done = tmp_path / "out" / "_prox" / "done"
+        deadline = time.monotonic() + 120
+        while not (done.is_dir() and any(done.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.kill()
+        process.wait(timeout=10)
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 1
+        [line] = stderr.strip().splitlines()
+        assert "does not answer" in line and "run the same command to resume" in line
+        assert 1 <= len(list(done.iterdir())) < 4
+        process, url = start_server("--port", port)
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "whole")
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("part-*"))}

@@ -88,6 +88,7 @@ def test_model_programmers_run_as_an_actor_pool(corpus, tmp_path, tiny_model):
             inputs=(str(inputs),),
             output=str(tmp_path / engine),
             doc_programmer=str(model),
+            backend="transformers",
             stages=("doc",),
             engine=engine,
             ray_actors=1,

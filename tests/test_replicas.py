@@ -35,9 +35,9 @@ def command(inputs: Path, output: Path, model: Path) -> list[str]:
     return [
         sys.executable, "-m", "proxkit.cli", "refine", str(inputs), "-o", str(output),
         "--doc-programmer", str(model), "--chunk-programmer", str(model),
-        "--replicas", "cpu,cpu", "--threads", "1", "--batch-size", "4",
+        "--backend", "transformers", "--replicas", "cpu,cpu", "--threads", "1", "--batch-size", "4",
         "--doc-keep-fraction", "0.75", "--chunk-max-new-tokens", "40", "--dtype", "float32",
-        "--generation", "static", "-q",
+        "-q",
     ]  # fmt: skip
 
 

@@ -19,13 +19,17 @@ TEXT = (
 )
 
 
+@pytest.mark.parametrize("backend", ["transformers", "vllm", "openai"])
+def test_every_model_backend_gives_the_band_its_keep_scores(backend):
+    check_score_band(RefineConfig.from_dict({"chunk_score_range": "0.5,0.9", "backend": backend}))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"doc_programmer": "rules"}, "needs doc-level keep scores"),
         ({"doc_programmer": "datatrove"}, "needs doc-level keep scores"),
         ({"doc_scoring": "generate"}, "doc scoring generate"),
-        ({"backend": "openai"}, "backend openai"),
         ({"stages": ("chunk",)}, "run both stages"),
     ],
 )
@@ -93,7 +97,12 @@ def test_documents_outside_the_band_pass_unchanged_with_their_own_outcome(tmp_pa
 
 def test_a_model_scores_then_refines_only_inside_the_band(tmp_path, refiner):
     pages = [{"id": f"p{i}", "text": TEXT.replace("river", f"river {i}")} for i in range(6)]
-    model = {"doc_programmer": str(refiner), "chunk_programmer": str(refiner), "device": "cpu"}
+    model = {
+        "doc_programmer": str(refiner),
+        "chunk_programmer": str(refiner),
+        "device": "cpu",
+        "backend": "transformers",
+    }
     model["doc_keep_threshold"] = 0.0  # every page kept: the band alone decides
     scored, _ = refine_records(tmp_path, "scores", pages, **model, stages=("doc",))
     scores = sorted(r["metadata"]["prox"]["doc_info"]["keep_score"] for r in scored)

@@ -48,7 +48,12 @@ def chunk_program(text: str) -> str:
 
 
 def build_tiny_model(
-    folder: Path, tokenizer_dir: Path, steps: int = 120, seed: int = 0, chunk_level: bool = False
+    folder: Path,
+    tokenizer_dir: Path,
+    steps: int = 120,
+    seed: int = 0,
+    chunk_level: bool = False,
+    shape: dict | None = None,
 ) -> Path:
     import torch
 
@@ -57,7 +62,7 @@ def build_tiny_model(
     from proxkit.testing import random_llama, save
     from proxkit.tokenizer import load_tokenizer
 
-    model = random_llama(folder, tokenizer_dir, seed)
+    model = random_llama(folder, tokenizer_dir, seed, **(shape or {}))
     tokenizer = load_tokenizer(str(tokenizer_dir))
     documents = make_documents(64, seed)
     texts = [text for text, _ in documents]

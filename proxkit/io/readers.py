@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
-import zstandard
 
 from proxkit.io.columns import KINDS_KEY, decode_row
 from proxkit.io.encodable import clean_record, pointer
@@ -220,8 +219,11 @@ class ZstdFrames(io.RawIOBase):
     without a word)."""
 
     def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard  # only .zst inputs need it
+
         self.raw = raw
-        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.decompressor = zstandard.ZstdDecompressor
+        self.frame = self.decompressor().decompressobj()
         self.started = False  # compressed bytes of the current frame were read
         self.pending = b""
         self.offset = 0
@@ -240,7 +242,7 @@ class ZstdFrames(io.RawIOBase):
             self.started = True
             while self.frame.eof:  # a frame ended; the next one may follow at once
                 rest = self.frame.unused_data
-                self.frame = zstandard.ZstdDecompressor().decompressobj()
+                self.frame = self.decompressor().decompressobj()
                 self.started = bool(rest)
                 if not rest:
                     break

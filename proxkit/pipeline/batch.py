@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from proxkit.program.executor import (
     execute_chunk,
     execute_doc,
 )
-from proxkit.programmers.base import Pending, Programmer, Written, submit
+from proxkit.programmers.base import BackendGone, Pending, Programmer, Written, submit
 from proxkit.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
@@ -87,11 +87,25 @@ class BatchProcessor:
     def __call__(self, items: Sequence[Item]) -> BatchOutput:
         return self.finish(self.start(items))
 
-    def start(self, items: Sequence[Item]) -> Started:
+    def prompt_builder(self) -> PromptBuilders | None:
+        """What builds the model inputs of a batch from its documents' texts (`texts`),
+        picklable, for a runner to call ahead in worker processes; None without a model."""
+        stages: dict[int, tuple[Any, list[str]]] = {}
+        for stage, programmer in (("doc", self.doc_programmer), ("chunk", self.chunk_programmer)):
+            if hasattr(programmer, "prompt_builder"):
+                stages.setdefault(id(programmer), (programmer, []))[1].append(stage)
+        builders = tuple(p.prompt_builder(s) for p, s in stages.values())  # type: ignore[attr-defined]
+        return PromptBuilders(builders) if builders else None
+
+    def start(self, items: Sequence[Item], prepared: Mapping[str, list] | None = None) -> Started:
+        """Run the doc stage and start the chunk stage; `prepared`: what `prompt_builder`
+        built for this batch, by stage, in the order of its documents."""
         documents = [i for i in items if isinstance(i, Document)]
         rejects = [i for i in items if isinstance(i, Reject)]
         try:
-            return self._start(documents, rejects)
+            return self._start(documents, rejects, prepared or {})
+        except BackendGone:
+            raise  # no document is at fault: the run stops, to be resumed
         except Exception as exc:
             fallback = self._one_by_one(documents, exc)
             return Started([], rejects, [], [], [], lambda: [], fallback)
@@ -99,6 +113,8 @@ class BatchProcessor:
     def finish(self, started: Started) -> BatchOutput:
         try:
             output = started.fallback() if started.fallback is not None else self._finish(started)
+        except BackendGone:
+            raise
         except Exception as exc:
             output = self._one_by_one(started.originals, exc)()
         output.rejects[:0] = started.reader_rejects
@@ -125,17 +141,23 @@ class BatchProcessor:
 
     def _alone(self, document: Document) -> BatchOutput:
         try:
-            return self._finish(self._start([document], []))
+            return self._finish(self._start([document], [], {}))
+        except BackendGone:
+            raise
         except Exception as exc:
             return _rejected(document, exc)
 
     def _submit(
-        self, programmer: Programmer | None, stage: str, documents: list[Document]
+        self,
+        programmer: Programmer | None,
+        stage: str,
+        documents: list[Document],
+        prepared: list | None = None,
     ) -> Pending:
         if programmer is None or not documents:
             nothing = [Written(None)] * len(documents)
             return lambda: nothing
-        pending = submit(programmer, stage, documents)  # type: ignore[arg-type]
+        pending = submit(programmer, stage, documents, prepared)  # type: ignore[arg-type]
 
         def checked() -> list[Written]:
             written = pending()
@@ -147,10 +169,12 @@ class BatchProcessor:
 
         return checked
 
-    def _start(self, documents: list[Document], rejects: list[Reject]) -> Started:
+    def _start(
+        self, documents: list[Document], rejects: list[Reject], prepared: Mapping[str, list]
+    ) -> Started:
         # Programmers read the text the programs will run on (the original of a refined record).
         originals = [dataclasses.replace(d, text=original_text(d)) for d in documents]
-        doc_written = self._submit(self.doc_programmer, "doc", originals)()
+        doc_written = self._submit(self.doc_programmer, "doc", originals, prepared.get("doc"))()
         doc_results: list[ExecutionResult | None] = [
             execute_doc(d.text, w.program, self.mode) if w.program is not None else None
             for d, w in zip(originals, doc_written)
@@ -158,9 +182,13 @@ class BatchProcessor:
         kept = [i for i, r in enumerate(doc_results) if r is None or not r.dropped]
         gated = self._gated(kept, doc_written)
         survivors = [i for i in kept if i not in gated]
+        chunk_inputs = prepared.get("chunk")
         began = time.perf_counter()
         chunk_pending = self._submit(
-            self.chunk_programmer, "chunk", [originals[i] for i in survivors]
+            self.chunk_programmer,
+            "chunk",
+            [originals[i] for i in survivors],
+            [chunk_inputs[i] for i in survivors] if chunk_inputs is not None else None,
         )
         seconds = time.perf_counter() - began if self.score_band else 0.0
         return Started(
@@ -251,6 +279,19 @@ def passed(text: str, outcome: Outcome) -> ExecutionResult:
     return ExecutionResult(text, outcome, words_before=words, words_after=words)
 
 
+@dataclass(frozen=True)
+class PromptBuilders:
+    """The prompt builders of a batch's model programmers, called as one (picklable)."""
+
+    builders: tuple[Callable[[Sequence[str]], dict[str, list]], ...]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, list]:
+        built: dict[str, list] = {}
+        for build in self.builders:
+            built.update(build(texts))
+        return built
+
+
 def _rejected(document: Document, error: Exception) -> BatchOutput:
     output = BatchOutput()
     output.rejects.append(
@@ -296,9 +337,9 @@ def uses_models(config: RefineConfig) -> bool:
 
 
 def check_score_band(config: RefineConfig) -> None:
-    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which only a
-    model doc programmer scoring in one pass gives (transformers or vLLM), or stored programs
-    written by one, and both stages."""
+    """Refuse a chunk-score band this run cannot honour: it needs keep scores, which a model
+    doc programmer scoring in one pass gives (every backend does, or is refused at start-up),
+    or stored programs written by one, and both stages."""
     from proxkit.config import ConfigError
     from proxkit.programmers import needs_model
 
@@ -307,13 +348,13 @@ def check_score_band(config: RefineConfig) -> None:
     if set(config.stages) != {"doc", "chunk"}:
         raise ConfigError("chunk_score_range gates the chunk stage on doc scores: run both stages")
     spec = config.doc_programmer
-    scored = needs_model(spec) and config.doc_scoring == "forward" and config.backend != "openai"
+    scored = needs_model(spec) and config.doc_scoring == "forward"
     if not (scored or spec == "stored"):
         raise ConfigError(
             f"chunk_score_range needs doc-level keep scores, and this doc programmer ({spec}, "
             f"backend {config.backend}, doc scoring {config.doc_scoring}) gives none: they come "
-            "from a model doc programmer scoring in one pass (--doc-scoring forward, backend "
-            "transformers or vllm), or from stored programs written by one"
+            "from a model doc programmer scoring in one pass (--doc-scoring forward), or from "
+            "stored programs written by one"
         )
 
 
@@ -333,6 +374,15 @@ def build_processor(config: RefineConfig) -> BatchProcessor:
         deletion_only=config.deletion_only,
         score_band=config.chunk_score_range,
     )
+
+
+def model_device(processor: BatchProcessor) -> str | None:
+    """The device of the processor's model, if it has one (`cuda:0`, `cpu`)."""
+    for programmer in (processor.doc_programmer, processor.chunk_programmer):
+        device = getattr(getattr(programmer, "backend", None), "device", None)
+        if isinstance(device, str):
+            return device
+    return None
 
 
 def programmer_stats(processor: BatchProcessor) -> dict[str, Any]:

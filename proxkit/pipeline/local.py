@@ -3,7 +3,8 @@
 - Rules and stored programs: worker processes, one per core (`--workers`), at most two
   batches per worker in flight, results in input order.
 - A model: loaded once, in this process (on `--device`, or the one device of `--gpus`), with
-  reading ahead and executing and writing behind the model's work (`overlap.py`).
+  reading and prompt building ahead (in worker processes on a GPU machine) and executing and
+  writing behind the model's work (`overlap.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 from proxkit.config import RefineConfig
@@ -23,11 +23,12 @@ from proxkit.pipeline.batch import (
     Item,
     build_processor,
     close_programmers,
+    model_device,
     programmer_stats,
     uses_models,
 )
-from proxkit.pipeline.overlap import overlapped
-from proxkit.pipeline.workers import signals_held, start_worker
+from proxkit.pipeline.overlap import overlapped, prompt_workers
+from proxkit.pipeline.workers import signals_held, stop_pool, worker_pool
 
 
 def map_ordered(
@@ -55,27 +56,6 @@ def map_ordered(
         yield result
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """Spawned worker processes that end when this process ends, however it ends."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=start_worker,
-        initargs=(os.getpid(),),
-    )
-
-
-def stop_pool(pool: ProcessPoolExecutor, abort: bool) -> None:
-    """Shut a pool down; after a failure or an interrupt, without finishing running batches."""
-    if not abort:
-        pool.shutdown(cancel_futures=True)
-        return
-    processes = list(getattr(pool, "_processes", {}).values())  # no public way before 3.14
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.kill()
-
-
 class LocalEngine:
     def __init__(self, config: RefineConfig) -> None:
         self.model = uses_models(config)
@@ -83,11 +63,12 @@ class LocalEngine:
             config = dataclasses.replace(config, device=config.replicas[0])
         self.processor = build_processor(config)
         self.workers = 1 if self.model else config.workers or os.cpu_count() or 1
+        self.prompt_workers = prompt_workers(config.prompt_workers, model_device(self.processor))
         self.pool = worker_pool(self.workers) if self.workers > 1 else None
 
     def map_batches(self, batches: Iterator[list[Item]]) -> Iterator[BatchOutput]:
         if self.model:
-            return overlapped(self.processor, batches)
+            return overlapped(self.processor, batches, workers=self.prompt_workers)
         return map_ordered(self.processor, batches, self.pool, self.workers)
 
     def programmer_stats(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class RunStats:
     tokens_before: int = 0  # counted only when a tokenizer is configured
     tokens_after: int = 0
     programmer_failures: int = 0  # documents kept unrefined because a model call failed
+    prompt_worker_fallbacks: int = 0  # batches whose prompts the model's process built instead
     records_with_unencodable_values: int = 0  # lone surrogates, NaN: replaced, originals kept
     records_with_displaced_fields: int = 0  # input values moved to metadata.prox.displaced
     # --chunk-score-range only: characters sent to the chunk stage and kept from it, and the
@@ -163,6 +164,13 @@ class RunStats:
         rows += self._deletion_rows() + self._band_rows()
         if self.programmer_failures:
             rows.append(("programmer failures (kept unrefined)", f"{self.programmer_failures:,}"))
+        if self.prompt_worker_fallbacks:
+            rows.append(
+                (
+                    "batches prompted in the model's process (a prompt worker failed)",
+                    f"{self.prompt_worker_fallbacks:,}",
+                )
+            )
         if self.records_with_unencodable_values:
             rows.append(
                 (
@@ -194,20 +202,18 @@ class RunStats:
                         f"{numbers['generated_tokens']:,} ({numbers['outputs_at_token_limit']:,} of {outputs:,})",
                     )
                 )
-            if numbers.get("regenerated_under_grammar"):
-                rows.append(
-                    (
-                        f"{stage} outputs redone under the grammar",
-                        f"{numbers['regenerated_under_grammar']:,}",
-                    )
-                )
         model = self.programmers.get("model", {})
+        if model.get("steps_corrected_by_grammar"):
+            rows.append(
+                (
+                    "decoding steps where the grammar replaced the model's choice",
+                    f"{model['steps_corrected_by_grammar']:,}",
+                )
+            )
         if model.get("oom_splits"):
             rows.append(
                 ("batches split after running out of GPU memory", f"{model['oom_splits']:,}")
             )
-        if model.get("continuous_stopped"):
-            rows.append(("continuous batching stopped", str(model["continuous_stopped"])))
         if self.tokens_before:
             rows.append(
                 ("tokens before -> after", f"{self.tokens_before:,} -> {self.tokens_after:,}")

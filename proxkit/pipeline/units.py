@@ -31,14 +31,13 @@ NOT_OUTPUT_CHANGING = frozenset(
     {
         "overwrite",
         "workers",
+        "prompt_workers",
         "batch_size",
         "rank",
         "world_size",
         "replicas",
         "threads",
-        "generation",
         "max_batch_size",
-        "kv_cache_tokens",
     }
 )
 

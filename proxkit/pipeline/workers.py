@@ -1,6 +1,6 @@
 """Child processes that never outlive the process that started them.
 
-Every worker proxkit starts (CPU workers for rules, model replicas) first calls
+Every worker proxkit starts (CPU workers for rules, prompt workers, model replicas) first calls
 `start_worker`: a watcher thread checks the parent's pid a few times a second and ends the
 worker as soon as it changes, whatever ended the parent (`kill -9` included). A worker left
 behind would otherwise keep its memory, and a model replica its GPU memory, for ever. Workers
@@ -17,7 +17,9 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import get_context
 
 CHECK_SECONDS = 0.25
 HELD = {signal.SIGINT, signal.SIGTERM}
@@ -53,3 +55,24 @@ def start_worker(parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C held since the start
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
     die_with_parent(parent_pid)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Spawned worker processes that end when this process ends, however it ends."""
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=start_worker,
+        initargs=(os.getpid(),),
+    )
+
+
+def stop_pool(pool: ProcessPoolExecutor, abort: bool) -> None:
+    """Shut a pool down; after a failure or an interrupt, without finishing running batches."""
+    if not abort:
+        pool.shutdown(cancel_futures=True)
+        return
+    processes = list(getattr(pool, "_processes", {}).values())  # no public way before 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxkit.programmers.base import STAGES, Programmer, Stage, Written
+from proxkit.programmers.base import (
+    STAGES,
+    BackendCannot,
+    BackendGone,
+    Programmer,
+    ProgrammerError,
+    Stage,
+    Written,
+)
 
 if TYPE_CHECKING:
     from proxkit.config import RefineConfig
 
 
-class UnknownProgrammer(ValueError):
+class UnknownProgrammer(ProgrammerError):
     """A programmer spec that names no backend."""
 
 
@@ -68,24 +76,39 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
     from proxkit.programmers.lm import DocScoring, LMProgrammer
 
     config = config or RefineConfig()
-    if config.backend == "openai":
+    backend_name = pick_backend(config.backend, config.device, config.api_base)
+    if backend_name != "openai" and not _looks_like_model(spec):
+        raise UnknownProgrammer(
+            f"unknown programmer {spec!r}: use 'rules' (heuristics, no model), 'stored' "
+            "(programs already in the records), or a model folder / Hub id (owner/name)"
+        )
+    if backend_name == "openai":
         from proxkit.programmers.openai import OpenAIBackend, OpenAISettings
 
         backend = OpenAIBackend(
-            spec, OpenAISettings.from_config(config, config.api_mode), tokenizer=config.tokenizer
+            spec,
+            OpenAISettings.from_config(config, config.api_mode),
+            tokenizer=config.tokenizer,
+            grammars=config.constrained,
+            token_logprobs=config.doc_scoring == "forward",
         )
-    elif config.backend == "vllm":
-        from proxkit.programmers.vllm import VLLMBackend
+    elif backend_name == "vllm":
+        from proxkit.programmers.vllm import VLLMBackend, VLLMSettings
 
-        backend = VLLMBackend(spec, tensor_parallel=config.tensor_parallel, dtype=config.dtype)
+        backend = VLLMBackend(
+            spec,
+            VLLMSettings(
+                device=config.device,
+                dtype=config.dtype,
+                tensor_parallel=config.tensor_parallel,
+                threads=config.threads,
+                kv_cache_gib=config.kv_cache_gib,
+                compile=config.compile_model,
+            ),
+        )
     else:
         from proxkit.programmers.hf import HFSettings, TransformersBackend
 
-        if not _looks_like_model(spec):
-            raise UnknownProgrammer(
-                f"unknown programmer {spec!r}: use 'rules' (heuristics, no model), 'stored' "
-                "(programs already in the records), or a model folder / Hub id (owner/name)"
-            )
         backend = TransformersBackend(
             spec,
             HFSettings(
@@ -94,9 +117,7 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
                 batch_tokens=config.batch_tokens,
                 max_batch_size=config.max_batch_size,
                 threads=config.threads,
-                compile=config.compile_model,
-                generation=config.generation,
-                cache_tokens=config.kv_cache_tokens,
+                compile=bool(config.compile_model),
             ),
         )
     scoring = DocScoring(config.doc_scoring, config.doc_keep_threshold, config.doc_keep_fraction)
@@ -109,7 +130,34 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
         doc_max_new_tokens=config.doc_max_new_tokens,
         chunk_max_new_tokens=config.chunk_max_new_tokens,
         constrained=config.constrained,
+        deletion_only=config.deletion_only,
     )
+
+
+def pick_backend(backend: str, device: str = "auto", api_base: str | None = None) -> str:
+    """`auto`: a server when `--api-base` names one; else vLLM where it is installed for the
+    device (its CUDA build on a GPU, its CPU build on a CPU); else transformers. Measured
+    (bench/bench_engines.py, README): vLLM's work is 2.8x proxkit's decode loop on 2 CPU cores
+    and its continuous batching and paged attention win on GPUs; its start-up (about 20 s
+    once its compile cache is warm) is paid back within a few hundred documents."""
+    if backend != "auto":
+        return backend
+    if api_base:
+        return "openai"
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return "vllm" if device in ("auto", "cpu") else "transformers"
+    if device != "cpu" and current_platform.is_cuda():
+        import torch
+
+        if torch.cuda.is_available():
+            return "vllm"
+    return "transformers"
 
 
 def _looks_like_model(spec: str) -> bool:
@@ -122,11 +170,15 @@ def _looks_like_model(spec: str) -> bool:
 
 __all__ = [
     "STAGES",
+    "BackendCannot",
+    "BackendGone",
     "Programmer",
+    "ProgrammerError",
     "Stage",
     "UnknownProgrammer",
     "Written",
     "make_model_programmer",
     "make_programmer",
     "needs_model",
+    "pick_backend",
 ]

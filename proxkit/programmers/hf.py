@@ -1,16 +1,12 @@
 """The transformers backend: a causal LM from a Hub id or a local folder, on CPU or GPU.
 
-Generation is greedy, in one of two ways (`HFSettings.generation`):
-- `continuous`: transformers' continuous batching (`continuous.py`). Requests join and leave
-  the running batch one by one, so a long output holds only its own slot. Its logits cannot
-  pass through proxkit's grammar processor, so with a grammar every output is checked against
-  it token by token (`grammar.follows`) and only the ones constrained decoding would have
-  steered elsewhere are generated again on the static path, under the grammar: the programs
-  are exactly those of constrained static decoding, and none falls outside the grammar.
-- `static`: prompts sorted by length, cut into left-padded batches under a token budget, each
-  run by `generate` until its longest output ends; the grammar runs as a logits processor.
-`auto` picks per device, from `bench/bench_gpu_refine.py`'s measurements (see `auto_generation`).
-
+Generation is greedy, on batches of prompts of similar length (left-padded, cut under a token
+budget), by proxkit's own decode loop over the model's KV cache:
+- a row that ends (EOS or the token limit) stops costing steps: once a quarter of a batch has
+  ended, the ended rows leave the batch and its cache, so a long output holds only its own row;
+- with grammars (`--constrained`), each step's choices go through `grammar.GreedyRows`: the
+  model's best token is checked against the automaton and only a refused one is replaced by
+  the best allowed token, which is what masking every other token would choose.
 The doc level's one-pass scoring runs one forward pass per batch and reads the next-token
 log-probabilities at each prompt's last position. A batch that runs out of GPU memory is split
 in halves and retried (counted in `stats()`); a single prompt that still does not fit raises,
@@ -19,27 +15,23 @@ and the runner rejects that document alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from proxkit.programmers.continuous import BusyClock, ContinuousGenerator, Generated, unavailable
-from proxkit.programmers.grammar import GrammarProcessor, ProgramGrammar, TokenTrie, follows
-from proxkit.programmers.lm import Completion, Completions, GenerationError
+from proxkit.programmers.batch_limits import batch_limits
+from proxkit.programmers.grammar import GreedyRows, ProgramGrammar, Steering, TokenTrie
+from proxkit.programmers.lm import Completion
 from proxkit.prompts import Prompt
 from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
-GENERATION_MODES = ("auto", "continuous", "static")
-# Longer prompts (a chunk made of one enormous line) are generated on the static path, so
-# one request cannot take the continuous batch's whole cache.
-CONTINUOUS_MAX_PROMPT_TOKENS = 4096
-# Without flash attention, continuous batching attends each step's tokens to all the batch's
-# cached tokens under one dense mask (steps x cache): on CPU both stay modest.
-CPU_CACHE_TOKENS = 32_768
-CPU_STEP_TOKENS = 2_048
+# Ended rows leave a batch once they are this share of it: compacting copies the whole KV
+# cache, so it is done a few times per batch, not at every ended row.
+COMPACT_AT = 0.25
 
 
 class ModelNotFound(RuntimeError):
@@ -59,25 +51,10 @@ def missing_model_message(name: str, exc: Exception) -> str:
 class HFSettings:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
-    batch_tokens: int = 16_384  # prompt tokens per forward batch (padding included)
-    max_batch_size: int = 64  # sequences per batch (static) / per step (continuous)
+    batch_tokens: int = 0  # prompt tokens per forward batch (padding included); 0: batch_limits.py
+    max_batch_size: int = 0  # sequences per batch; 0: from batch_limits.py as well
     threads: int = 0  # CPU threads for torch; 0: one per core
     compile: bool = False  # torch.compile the decoder used by one-pass scoring
-    generation: str = "auto"  # continuous, static, or auto (per device)
-    cache_tokens: int = 0  # continuous batching's KV cache; 0: from free GPU memory / 32k on CPU
-
-
-def auto_generation(device: str) -> str:
-    """Continuous batching only on a GPU with flash attention. Without it, transformers'
-    continuous batching attends each step's tokens to every cached token of the batch under
-    one dense mask, so a step costs more the more requests run: measured on CPU
-    (bench/bench_generation.py), its throughput falls as concurrency grows while static
-    batches' rises, and it lost end to end (bench/bench_gpu_refine.py; figures in the README)."""
-    if not device.startswith("cuda"):
-        return "static"
-    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
-
-    return "continuous" if is_flash_attn_2_available() or is_flash_attn_3_available() else "static"
 
 
 def _batches(
@@ -103,8 +80,6 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        if settings.generation not in GENERATION_MODES:
-            raise ValueError(f"generation must be one of {GENERATION_MODES}")
         self.torch = torch
         self.name = name_or_path
         self.settings = settings
@@ -124,33 +99,26 @@ class TransformersBackend:
         except Exception as exc:
             raise ModelNotFound(missing_model_message(name_or_path, exc)) from exc
         self.model.eval()
+        if not settings.batch_tokens or not settings.max_batch_size:
+            limits = batch_limits(self.model, device)
+            self.settings = settings = dataclasses.replace(
+                settings,
+                batch_tokens=settings.batch_tokens or limits.batch_tokens,
+                max_batch_size=settings.max_batch_size or limits.max_batch_size,
+            )
         # Only one-pass scoring uses the compiled decoder: its shapes vary by batch alone,
-        # while generate's growing KV cache would recompile at every step.
+        # while decoding's growing KV cache would recompile at every step.
         self.scoring_decoder = self.model.get_decoder()
         if settings.compile:
             self.scoring_decoder = torch.compile(self.scoring_decoder, dynamic=True)
         self.device = device
-        self.generation = (
-            auto_generation(device) if settings.generation == "auto" else settings.generation
-        )
-        if self.generation == "continuous" and (reason := unavailable()):
-            if settings.generation == "continuous":
-                from proxkit.config import ConfigError
-
-                raise ConfigError(
-                    f"--generation continuous: {reason}; install the tested release "
-                    "(pip install 'proxkit[transformers]') or use --generation static"
-                )
-            self.generation = "static"
         eos = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.backend.token_to_id(eos) if eos else None
         self.pad_id = self.eos_id if self.eos_id is not None else 0
-        self.trie: TokenTrie | None = None  # built on the first constrained call
-        self.continuous: ContinuousGenerator | None = None  # started on the first call
-        self.continuous_stopped: str | None = None  # why continuous batching was given up
-        self.clock = BusyClock()
-        self.oom_splits = 0
-        # One model call at a time: scoring, static batches, and the continuous loop (paused).
+        self.steering: Steering | None = None
+        self.counters = {"oom_splits": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0}
+        self.busy_seconds = 0.0
+        # One model call at a time (doc scoring and chunk generation may come from two threads).
         self.exclusive = threading.Lock()
 
     # -- generation -------------------------------------------------------------------------
@@ -160,101 +128,96 @@ class TransformersBackend:
         prompts: Sequence[Prompt],
         max_new_tokens: int,
         grammars: Sequence[ProgramGrammar] | None = None,
-    ) -> list[Completion | Exception]:
+    ) -> list[Completion]:
         """Greedy completions in input order; with `grammars`, each output can only be a valid
         program."""
-        return self.submit(prompts, max_new_tokens, grammars)()
+        outputs: list[Completion] = [Completion("")] * len(prompts)
 
-    def submit(
+        def run(batch: list[int]) -> None:
+            chosen = [grammars[i] for i in batch] if grammars is not None else None
+            rows = self._decode([prompts[i] for i in batch], max_new_tokens, chosen)
+            for index, row in zip(batch, rows):
+                outputs[index] = self._completion(row, max_new_tokens)
+
+        for batch in _batches(prompts, self.settings.batch_tokens, self.settings.max_batch_size):
+            self._halving_on_oom(batch, run)
+        return outputs
+
+    def _decode(
         self,
         prompts: Sequence[Prompt],
         max_new_tokens: int,
-        grammars: Sequence[ProgramGrammar] | None = None,
-    ) -> Completions:
-        """Start generating; on the continuous path this returns while the model works."""
-        if self.generation == "static" or self.continuous_stopped or not prompts:
-            done = self._static(prompts, max_new_tokens, grammars)
-            return lambda: done
-        fits = [len(p.token_ids) <= CONTINUOUS_MAX_PROMPT_TOKENS for p in prompts]
-        queued = [p.token_ids for p, ok in zip(prompts, fits) if ok]
-        futures = iter(self._continuous(max_new_tokens).submit(queued, max_new_tokens))
-        slots = [next(futures) if ok else None for ok in fits]
+        grammars: Sequence[ProgramGrammar] | None,
+    ) -> list[list[int]]:
+        """Greedy tokens for one batch; EOS ends a row (and is kept at its end)."""
+        from transformers import DynamicCache
 
-        def result() -> list[Completion | Exception]:
-            outputs: list[Completion | Exception | None] = [None] * len(prompts)
-            again: list[int] = []
-            for index, slot in enumerate(slots):
-                if slot is None:
-                    again.append(index)
-                    continue
-                generated: Generated = slot.result()
-                if generated.error is not None:
-                    if not self._continuous_alive():
-                        again.append(index)  # the manager died: the static path takes over
-                    else:
-                        outputs[index] = GenerationError(generated.error)
-                    continue
-                grammar = grammars[index] if grammars is not None else None
-                if grammar is not None and not follows(
-                    grammar, generated.tokens, self._trie(), self.eos_id
-                ):
-                    again.append(index)
-                    continue
-                outputs[index] = self._completion(list(generated.tokens), max_new_tokens)
-            if again:
-                redone = self._static(
-                    [prompts[i] for i in again],
-                    max_new_tokens,
-                    [grammars[i] for i in again] if grammars is not None else None,
+        torch = self.torch
+        eos = self.eos_id
+        steer = (
+            GreedyRows(grammars, self._steering())
+            if grammars is not None and eos is not None
+            else None
+        )
+        ids, mask = self._padded(prompts)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        written: list[list[int]] = [[] for _ in prompts]
+        active = list(range(len(prompts)))  # batch row -> prompt
+        ended = 0  # rows of the batch that ended but still take part in its steps
+
+        def forward(input_ids: Any) -> Any:
+            """Next-token logits after `input_ids`, given the cache, mask and positions."""
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+
+        with torch.inference_mode():
+            logits = forward(ids)
+            positions = positions[:, -1:]
+            running = list(range(len(active)))  # batch rows still writing
+            for _ in range(max_new_tokens):
+                live = logits[running] if len(running) < len(active) else logits
+                rows = [active[r] for r in running]
+                tokens = steer.choose(live, rows) if steer is not None else live.argmax(-1).tolist()
+                self.counters["decode_steps"] += 1
+                self.counters["row_steps"] += len(active)
+                still = []
+                for r, prompt, token in zip(running, rows, tokens):
+                    written[prompt].append(token)
+                    if token != eos and len(written[prompt]) < max_new_tokens:
+                        still.append(r)
+                if not still:
+                    break
+                ended += len(running) - len(still)
+                running = still
+                next_ids = torch.full((len(active), 1), self.pad_id, device=self.device)
+                next_ids[running, 0] = torch.tensor(
+                    [written[active[r]][-1] for r in running], device=self.device
                 )
-                for index, completion in zip(again, redone):
-                    regenerated = slots[index] is not None and grammars is not None
-                    outputs[index] = (
-                        Completion(
-                            completion.text, completion.tokens, completion.hit_limit, regenerated
-                        )
-                        if isinstance(completion, Completion)
-                        else completion
-                    )
-            return outputs  # type: ignore[return-value]
+                if ended >= COMPACT_AT * len(active):
+                    keep = torch.tensor(running, device=self.device)
+                    cache.batch_select_indices(keep)
+                    mask, positions, next_ids = mask[keep], positions[keep], next_ids[keep]
+                    active = [active[r] for r in running]
+                    running = list(range(len(active)))
+                    ended = 0
+                    self.counters["compactions"] += 1
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                positions = positions + 1
+                logits = forward(next_ids)
+        return written
 
-        return result
-
-    def _continuous(self, max_new_tokens: int) -> ContinuousGenerator:
-        if self.continuous is None:
-            on_gpu = self.device.startswith("cuda")
-            self.continuous = ContinuousGenerator(
-                self.model,
-                self.eos_id,
-                self.pad_id,
-                max_batch_tokens=None
-                if on_gpu
-                else min(self.settings.batch_tokens, CPU_STEP_TOKENS),
-                max_requests=self.settings.max_batch_size,
-                cache_tokens=self.settings.cache_tokens or (0 if on_gpu else CPU_CACHE_TOKENS),
-                max_prompt_tokens=CONTINUOUS_MAX_PROMPT_TOKENS,
-                max_new_tokens=max_new_tokens,
-                clock=self.clock,
-            )
-        return self.continuous
-
-    def _continuous_alive(self) -> bool:
-        if self.continuous is not None and not self.continuous.running():
-            if self.continuous_stopped is None:
-                import sys
-
-                self.continuous_stopped = "the continuous batching thread stopped"
-                print(
-                    f"warning: {self.continuous_stopped}; generating on static batches from now on",
-                    file=sys.stderr,
-                )
-            return False
-        return True
-
-    def _trie(self) -> TokenTrie:
-        if self.trie is None:
-            self.trie = TokenTrie(self.tokenizer.backend)
-        return self.trie
+    def _steering(self) -> Steering:
+        """Built on the first constrained call: the vocabulary's trie takes a moment."""
+        if self.steering is None:
+            self.steering = Steering(TokenTrie(self.tokenizer.backend), self.eos_id)  # type: ignore[arg-type]
+        return self.steering
 
     def _completion(self, row: list[int], max_new_tokens: int) -> Completion:
         ended = self.eos_id is not None and self.eos_id in row
@@ -265,41 +228,6 @@ class TransformersBackend:
             len(row),
             hit_limit=not ended and len(row) >= max_new_tokens,
         )
-
-    def _static(
-        self,
-        prompts: Sequence[Prompt],
-        max_new_tokens: int,
-        grammars: Sequence[ProgramGrammar] | None,
-    ) -> list[Completion | Exception]:
-        from transformers import LogitsProcessorList
-
-        outputs: list[Completion | Exception] = [Completion("")] * len(prompts)
-
-        def run(batch: list[int]) -> None:
-            ids, mask = self._padded([prompts[i] for i in batch])
-            processors = None
-            if grammars is not None and self.eos_id is not None:
-                processor = GrammarProcessor(
-                    [grammars[i] for i in batch], self._trie(), ids.shape[1], self.eos_id
-                )
-                processors = LogitsProcessorList([processor])
-            with self.torch.inference_mode():
-                generated = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=self.eos_id,
-                    pad_token_id=self.pad_id,
-                    logits_processor=processors,
-                )
-            for index, row in zip(batch, generated[:, ids.shape[1] :].tolist()):
-                outputs[index] = self._completion(row, max_new_tokens)
-
-        for batch in _batches(prompts, self.settings.batch_tokens, self.settings.max_batch_size):
-            self._halving_on_oom(batch, run)
-        return outputs
 
     # -- one-pass scoring -------------------------------------------------------------------
 
@@ -342,18 +270,18 @@ class TransformersBackend:
 
     def _halving_on_oom(self, batch: list[int], run: Callable[[list[int]], None]) -> None:
         """Run a batch; out of GPU memory, run its halves instead (a single prompt raises)."""
-        paused = self.continuous.paused() if self.continuous is not None else nullcontext()
-        self.clock.enter()
         try:
-            with self.exclusive, paused:
-                run(batch)
+            with self.exclusive:
+                started = time.perf_counter()
+                try:
+                    run(batch)
+                finally:
+                    self.busy_seconds += time.perf_counter() - started
             return
         except self.torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
-            self.oom_splits += 1
-        finally:
-            self.clock.exit()
+            self.counters["oom_splits"] += 1
         if self.device.startswith("cuda"):
             self.torch.cuda.empty_cache()
         half = len(batch) // 2
@@ -363,13 +291,9 @@ class TransformersBackend:
     def stats(self) -> dict[str, Any]:
         return {
             "device": self.device,
-            "generation": self.generation,
-            "continuous_stopped": self.continuous_stopped,
-            "oom_splits": self.oom_splits,
-            "busy_seconds": round(self.clock.total(), 3),
+            **self.counters,
+            "steps_corrected_by_grammar": self.steering.corrected if self.steering else 0,
+            "batch_tokens": self.settings.batch_tokens,
+            "max_batch_size": self.settings.max_batch_size,
+            "busy_seconds": round(self.busy_seconds, 3),
         }
-
-    def close(self) -> None:
-        if self.continuous is not None:
-            self.continuous.close()
-            self.continuous = None

@@ -20,18 +20,20 @@ threshold of 0.5 this picks the program greedy decoding would write.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proxkit.chunking import Chunker, chunk_content
+from proxkit.chunking import Chunk, Chunker, chunk_content
 from proxkit.io.readers import Document
-from proxkit.programmers.base import STAGES, Pending, Stage, Written
+from proxkit.programmers.base import STAGES, BackendCannot, Pending, Stage, Written
 from proxkit.programmers.grammar import ProgramGrammar, complete_lines
 from proxkit.prompts import Prompt, Truncation, answer_text, chunk_prompts, doc_prompts
-from proxkit.tokenizer import TokenizerInfo
+from proxkit.tokenizer import TokenizerInfo, load_tokenizer
 
 KEEP, DROP = "keep_doc()", "drop_doc()"
 ANSWER_CONTEXT = 64
@@ -44,7 +46,6 @@ class Completion:
     text: str
     tokens: int = 0  # generated tokens, end of sequence excluded
     hit_limit: bool = False  # stopped by the token limit, not by the model
-    regenerated: bool = False  # written again under the grammar (see hf.py)
 
 
 Completions = Callable[[], list["Completion | Exception"]]
@@ -91,7 +92,7 @@ class DocScoring:
 class ModelWork:
     """The work one stage gave the model: prompts and their tokens (attention over a prompt
     costs its length squared), and for generation the tokens written, the context each was
-    written in, their lengths, and how many outputs hit the token limit or were regenerated."""
+    written in, their lengths, and how many outputs hit the token limit."""
 
     prompts: int = 0
     prompt_tokens: int = 0
@@ -99,7 +100,6 @@ class ModelWork:
     generated_tokens: int = 0
     generated_context: int = 0
     at_token_limit: int = 0
-    regenerated: int = 0
     output_tokens: Counter = field(default_factory=Counter)  # length -> outputs
 
     def add_prompts(self, prompts: Sequence[Prompt]) -> None:
@@ -114,7 +114,6 @@ class ModelWork:
         self.generated_tokens += n
         self.generated_context += n * prompt_tokens + n * (n - 1) // 2
         self.at_token_limit += completion.hit_limit
-        self.regenerated += completion.regenerated
         self.output_tokens[n] += 1
 
 
@@ -174,6 +173,52 @@ def answer_tokens(
     raise ValueError("keep_doc() and drop_doc() tokenize identically")
 
 
+ChunkInputs = tuple[list[Chunk], list[Prompt]]  # one document's chunks and their prompts
+
+
+def chunk_inputs(
+    texts: Sequence[str], tokenizer: TokenizerInfo, chunker: Chunker
+) -> list[ChunkInputs]:
+    """Each document's chunks and chunk prompts (the prompts tokenized in one batch)."""
+    per_document = chunker(texts)
+    prompts = iter(chunk_prompts([c for chunks in per_document for c in chunks], tokenizer))
+    return [(chunks, list(itertools.islice(prompts, len(chunks)))) for chunks in per_document]
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """A batch's model inputs for the stages one model writes, from the documents' texts
+    alone: a picklable value, so a runner can build them in worker processes, ahead of the
+    model and away from its thread and interpreter lock (`pipeline/overlap.py`). What it
+    builds is what `LMProgrammer` builds for itself without one."""
+
+    tokenizer: str  # loaded by name where the inputs are built...
+    fingerprint: str  # ... and checked to be the model's
+    stages: tuple[Stage, ...]
+    max_doc_tokens: int
+    doc_truncation: Truncation
+    max_chunk_tokens: int
+
+    def __call__(self, texts: Sequence[str]) -> dict[Stage, list]:
+        tokenizer, chunker = _builder_tools(self.tokenizer, self.fingerprint, self.max_chunk_tokens)
+        built: dict[Stage, list] = {}
+        if "doc" in self.stages:
+            built["doc"] = doc_prompts(texts, tokenizer, self.max_doc_tokens, self.doc_truncation)
+        if "chunk" in self.stages:
+            built["chunk"] = chunk_inputs(texts, tokenizer, chunker)
+        return built
+
+
+@functools.lru_cache(maxsize=2)
+def _builder_tools(tokenizer: str, fingerprint: str, max_chunk_tokens: int):
+    """The tokenizer and chunker of a worker process, loaded once (their caches then serve
+    every batch the process builds)."""
+    loaded = load_tokenizer(tokenizer)
+    if loaded.fingerprint() != fingerprint:
+        raise RuntimeError(f"tokenizer {tokenizer!r} loads differently here than the model's")
+    return loaded, Chunker(loaded.backend, max_chunk_tokens, loaded.words)
+
+
 class LMProgrammer:
     """A programmer backed by a language model (see `Backend`)."""
 
@@ -190,6 +235,7 @@ class LMProgrammer:
         chunk_max_new_tokens: int = 256,
         cache_entries: int = 100_000,
         constrained: bool = True,
+        deletion_only: bool = False,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -199,23 +245,52 @@ class LMProgrammer:
         self.doc_truncation = doc_truncation
         self.doc_max_new_tokens = doc_max_new_tokens
         self.chunk_max_new_tokens = chunk_max_new_tokens
-        self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens)
+        self.max_chunk_tokens = max_chunk_tokens
+        self.chunker = Chunker(self.tokenizer.backend, max_chunk_tokens, self.tokenizer.words)
         # One cache per stage: a model serving both stages reports each stage's hit rate.
         self.caches = {stage: ProgramCache(cache_entries) for stage in STAGES}
         self.work = {stage: ModelWork() for stage in STAGES}
-        # Grammar-constrained generation where the backend can do it (see grammar.py).
-        self.constrained = constrained and getattr(backend, "supports_grammars", False)
+        self.constrained = constrained
+        self.deletion_only = deletion_only  # the grammar then allows deletions only
+        if constrained and not getattr(backend, "supports_grammars", False):
+            raise BackendCannot(
+                f"--constrained: the backend of {backend.name!r} cannot keep generation inside "
+                "the grammar; use another backend or --no-constrained"
+            )
+        if doc_scoring.method == "forward" and not hasattr(backend, "next_token_logprobs"):
+            raise BackendCannot(
+                f"--doc-scoring forward: the backend of {backend.name!r} gives no next-token "
+                "log-probabilities; use --doc-scoring generate"
+            )
         self.answers: dict[str, tuple[list[int], int, int]] = {}
         self.separator = answer_separator(self.tokenizer)
 
     def write(self, stage: Stage, documents: Sequence[Document]) -> list[Written]:
         return self.submit(stage, documents)()
 
-    def submit(self, stage: Stage, documents: Sequence[Document]) -> Pending:
-        """Start a batch; the model may still be writing when this returns."""
+    def submit(
+        self, stage: Stage, documents: Sequence[Document], prepared: list | None = None
+    ) -> Pending:
+        """Start a batch; the model may still be writing when this returns. `prepared`: the
+        documents' inputs for this stage from `prompt_builder`, if a runner built them."""
         if stage == "doc":
-            return self._doc(documents)
-        return self._chunk(documents)
+            return self._doc(documents, prepared)
+        return self._chunk(documents, prepared)
+
+    def prompt_builder(self, stages: Sequence[Stage]) -> PromptBuilder:
+        """What builds this programmer's inputs for `stages` elsewhere (see PromptBuilder)."""
+        return PromptBuilder(
+            self.tokenizer.name,
+            self.tokenizer_fingerprint,
+            tuple(stages),
+            self.max_doc_tokens,
+            self.doc_truncation,
+            self.max_chunk_tokens,
+        )
+
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return self.tokenizer.fingerprint()
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
@@ -269,14 +344,12 @@ class LMProgrammer:
 
         return result
 
-    def _doc(self, documents: Sequence[Document]) -> Pending:
-        prompts = doc_prompts(
+    def _doc(self, documents: Sequence[Document], prepared: list[Prompt] | None) -> Pending:
+        prompts = prepared or doc_prompts(
             [d.text for d in documents], self.tokenizer, self.max_doc_tokens, self.doc_truncation
         )
         truncated = [p.truncated for p in prompts]
-        if self.doc_scoring.method == "generate" or not hasattr(
-            self.backend, "next_token_logprobs"
-        ):
+        if self.doc_scoring.method == "generate":
             grammars = [ProgramGrammar("doc")] * len(prompts)
             outputs = self._complete("doc", prompts, self.doc_max_new_tokens, grammars)
             return lambda: [
@@ -337,19 +410,22 @@ class LMProgrammer:
         kept = set(order[:keep_count])
         return [i not in kept for i in range(len(scores))]
 
-    def _chunk(self, documents: Sequence[Document]) -> Pending:
-        per_document = self.chunker([d.text for d in documents])
-        flat = [chunk for chunks in per_document for chunk in chunks]
+    def _chunk(self, documents: Sequence[Document], prepared: list[ChunkInputs] | None) -> Pending:
+        inputs = prepared or chunk_inputs([d.text for d in documents], self.tokenizer, self.chunker)
+        flat = [chunk for chunks, _ in inputs for chunk in chunks]
         grammars = [
-            ProgramGrammar("chunk", c.first_line, c.last_line, chunk_content(c.text)) for c in flat
+            ProgramGrammar(
+                "chunk", c.first_line, c.last_line, chunk_content(c.text), self.deletion_only
+            )
+            for c in flat
         ]
-        prompts = chunk_prompts(flat, self.tokenizer)
+        prompts = [prompt for _, document_prompts in inputs for prompt in document_prompts]
         pending = self._complete("chunk", prompts, self.chunk_max_new_tokens, grammars)
 
         def result() -> list[Written]:
             outputs = iter(pending())
             written = []
-            for chunks in per_document:
+            for chunks, _ in inputs:
                 results = [next(outputs) for _ in chunks]
                 failures = [str(r) for r in results if isinstance(r, Exception)]
                 if failures:
@@ -379,7 +455,6 @@ class LMProgrammer:
                 "generated_tokens": work.generated_tokens,
                 "generated_context": work.generated_context,
                 "outputs_at_token_limit": work.at_token_limit,
-                "regenerated_under_grammar": work.regenerated,
                 "output_tokens": dict(sorted(work.output_tokens.items())),
             }
         return numbers
