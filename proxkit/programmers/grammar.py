@@ -37,7 +37,7 @@ have steered it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -172,7 +172,19 @@ class ProgramGrammar:
             chars.add('"')
         return "".join(chars)
 
+    @functools.cached_property
+    def _heads_memo(self) -> dict[tuple, tuple[str, ...]]:
+        return {}
+
     def _heads(self, state: State) -> tuple[str, ...]:
+        """The statements that may begin here (asked at every character of one: kept)."""
+        key = (state.floor, state.used, state.written)
+        heads = self._heads_memo.get(key)
+        if heads is None:
+            heads = self._heads_memo[key] = self._new_heads(state)
+        return heads
+
+    def _new_heads(self, state: State) -> tuple[str, ...]:
         if self.stage == "doc":
             return DOC_ANSWERS
         heads = [] if state.written else ["keep_doc()"]
@@ -194,7 +206,7 @@ class ProgramGrammar:
         return _open(
             piece,
             lambda p: p not in used,
-            lambda p: set(_following(p, self.text)) - FORBIDDEN_IN_STRINGS,
+            lambda p: (c for c in _following(p, self.text) if c not in FORBIDDEN_IN_STRINGS),
         )
 
     def _cut_open(self, number: int, piece: str, used: frozenset) -> bool:
@@ -204,7 +216,7 @@ class ProgramGrammar:
         return _open(
             piece,
             lambda p: (number, p) not in used and unique_position(p, line) is not None,
-            lambda p: set(_following(p, line)) - {"\n"},
+            lambda p: (c for c in _following(p, line) if c != "\n"),
         )
 
     def _cut_lines(self, digits: str, floor: int, used: frozenset) -> bool:
@@ -334,16 +346,25 @@ class ProgramGrammar:
         return None  # nothing but spaces may follow keep_doc() / drop_doc()
 
 
-def _open(piece: str, done: Callable[[str], bool], following: Callable[[str], set]) -> bool:
+def _open(
+    piece: str, done: Callable[[str], bool], following: Callable[[str], Iterable[str]]
+) -> bool:
     """Whether `piece` or a string it grows into (one character at a time, by `following`)
     is non-empty and `done`. Only strings that are not done are grown, and those are the
-    strings written before or occurring more than once: few."""
-    pending = [piece]
+    strings written before or occurring more than once: few, and the first character that
+    follows usually ends the search."""
+    if piece and done(piece):
+        return True
+    seen, pending = set(), [piece]
     while pending:
         candidate = pending.pop()
-        if candidate and done(candidate):
-            return True
-        pending += [candidate + c for c in following(candidate)]
+        for char in following(candidate):
+            grown = candidate + char
+            if grown not in seen:
+                if done(grown):
+                    return True
+                seen.add(grown)
+                pending.append(grown)
     return False
 
 
