@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--max-chunk-tokens", type=int, default=512)
     parser.add_argument("--max-doc-tokens", type=int, default=1024)
     parser.add_argument("--kv-cache-gib", type=int, default=2)
+    parser.add_argument("--max-concurrency", type=int, default=32, help="vllm-serve's requests")
     parser.add_argument("--tokenizer", default=str(LLAMA2))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -137,6 +138,7 @@ def main() -> None:
             doc_keep_fraction=0.6,
             dtype="float32",
             kv_cache_gib=args.kv_cache_gib,
+            max_concurrency=args.max_concurrency,
         )
         rows = [
             measure(name, config, documents, raw_tokens, args.batch_size) for name in args.engines

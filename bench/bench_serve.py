@@ -75,10 +75,26 @@ def start_server(
     raise RuntimeError(f"vllm serve did not answer within 15 minutes ({log})")
 
 
-def _measured(engine: str, startup: float, generate, prompts, max_new_tokens, grammars):
-    start = time.perf_counter()
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU seconds a process and its children have used so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes if p.is_running())
+
+
+def _measured(
+    engine: str, startup: float, generate, prompts, max_new_tokens, grammars, server: int | None
+):
+    """One engine's work on `prompts`; CPU seconds of this process (the client, or the
+    offline engine) and of the server's processes during it (what two cores share)."""
+    start, cpu, served = time.perf_counter(), time.process_time(), _cpu_seconds(server)
     completions = generate(prompts, max_new_tokens, grammars)
     work = time.perf_counter() - start
+    cpu, served = time.process_time() - cpu, _cpu_seconds(server) - served
     done = [c for c in completions if not isinstance(c, Exception)]
     outside = [c for c in completions if "outside the grammar" in str(c)]
     return {
@@ -89,6 +105,8 @@ def _measured(engine: str, startup: float, generate, prompts, max_new_tokens, gr
         "generated tok/s": round(sum(c.tokens for c in done) / work, 1),
         "failed": len(completions) - len(done) - len(outside),
         "outside grammar": len(outside),
+        "cpu s, this process": round(cpu, 1),
+        "cpu s, server": round(served, 1),
         "texts": [c.text.strip() if not isinstance(c, Exception) else None for c in completions],
     }
 
@@ -119,8 +137,9 @@ def serve_throughput(
         )
         startup = time.perf_counter() - start
         return _measured(
-            "vllm serve (openai)", startup, backend.generate, prompts, max_new_tokens, grammars
-        )
+            "vllm serve (openai)", startup, backend.generate, prompts, max_new_tokens, grammars,
+            server.pid if server is not None else None,
+        )  # fmt: skip
     finally:
         if server is not None:
             server.terminate()
@@ -146,7 +165,7 @@ def offline_throughput(
         backend.generate(prompts[:1], 4)  # what the server's start-up probes do for it
         startup = time.perf_counter() - start
         return _measured(
-            "vllm offline", startup, backend.generate, prompts, max_new_tokens, grammars
+            "vllm offline", startup, backend.generate, prompts, max_new_tokens, grammars, None
         )
     finally:
         backend.close()

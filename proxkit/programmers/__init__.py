@@ -137,9 +137,9 @@ def make_model_programmer(spec: str, config: RefineConfig | None = None) -> Prog
 def pick_backend(backend: str, device: str = "auto", api_base: str | None = None) -> str:
     """`auto`: a server when `--api-base` names one; else vLLM where it is installed for the
     device (its CUDA build on a GPU, its CPU build on a CPU); else transformers. Measured
-    (bench/bench_engines.py, README): vLLM's work is 2.8x proxkit's decode loop on 2 CPU cores
-    and its continuous batching and paged attention win on GPUs; its start-up (about 20 s
-    once its compile cache is warm) is paid back within a few hundred documents."""
+    (bench/bench_engines.py, README): vLLM's work is about 3x proxkit's decode loop's on 2
+    CPU cores, and its continuous batching and paged attention win on GPUs; its start-up
+    (about 20 s once its compile cache is warm) is paid back after about 110 documents."""
     if backend != "auto":
         return backend
     if api_base:
