@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -105,7 +106,13 @@ def _run(config: RefineConfig, quiet: bool, title: str) -> None:
             stats = run(config, progress=not quiet)
     except Interrupted as exc:
         _alert("interrupted", f"({exc.signal}) {resume_hint(config)}")
-        raise typer.Exit(exc.exit_code) from None
+        # Out at once, past the interpreter's exit handlers: a worker process stopped while
+        # it wrote a result leaves concurrent.futures' manager thread waiting for the rest of
+        # that message, and the interpreter joins that thread at exit (seen: a run that said
+        # "interrupted" and never ended). What the run keeps is on disk, its lock released.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exc.exit_code)
     except (OutputLocked, ReplicaFailed) as exc:
         _fail(str(exc), code=1)
     except (OutputExists, ResumeRefused, ConfigError, *SETUP_ERRORS) as exc:
