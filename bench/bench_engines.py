@@ -148,13 +148,10 @@ def main() -> None:
         same = sum(a == b for a, b in zip(row.pop("programs"), reference))
         row["same programs as " + rows[0]["engine"]] = f"{same}/{len(reference)}"
     print(f"{len(documents)} documents, {raw_tokens:,} raw tokens, {os.cpu_count()} cores")
-    reasons = {row["engine"]: row.pop("why failed") for row in rows}
-    print_table(rows, 22)
-    for engine, why in reasons.items():
-        for reason in why:
-            print(f"{engine}: a document failed: {reason}")
+    print_table([{k: v for k, v in row.items() if k != "why failed"} for row in rows], 22)
     for row in rows:
-        row["why failed"] = reasons[row["engine"]]
+        for reason in row["why failed"]:
+            print(f"{row['engine']}: a document failed: {reason}")
     write_json(args.json, {"documents": len(documents), "raw_tokens": raw_tokens, "runs": rows})
 
 
